@@ -1,0 +1,220 @@
+// Package eventlog writes and reads per-recipient delivery events in the
+// EVENTS stream, and derives a recipient's status from its events. EVENTS is
+// the source of truth for status: there is no other state store.
+//
+// Ordering contract: the api role writes a recipient's "queued" event before
+// its delivery job is queued, so every later event of that recipient follows
+// it in the stream. Summaries still never let "queued" override another
+// state, and a final state is never overridden.
+package eventlog
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/postflow/postflow/pkg/queue"
+	postflowv1 "github.com/postflow/postflow/proto/postflow/v1"
+)
+
+// ErrNotFound is returned by Reader.Message when a message has no events.
+var ErrNotFound = errors.New("eventlog: message not found")
+
+// Final reports whether s is a final state: no event may follow it.
+func Final(s postflowv1.RecipientState) bool {
+	switch s {
+	case postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED,
+		postflowv1.RecipientState_RECIPIENT_STATE_BOUNCED,
+		postflowv1.RecipientState_RECIPIENT_STATE_EXPIRED,
+		postflowv1.RecipientState_RECIPIENT_STATE_SUPPRESSED,
+		postflowv1.RecipientState_RECIPIENT_STATE_CANCELED,
+		postflowv1.RecipientState_RECIPIENT_STATE_FAILED:
+		return true
+	}
+	return false
+}
+
+// RecipientID names recipient index of messageID.
+func RecipientID(messageID string, index int) string {
+	return messageID + "-" + strconv.Itoa(index)
+}
+
+// ParseRecipientID splits a recipient id into message id and index.
+func ParseRecipientID(id string) (messageID string, index int, err error) {
+	i := strings.LastIndexByte(id, '-')
+	if i <= 0 {
+		return "", 0, fmt.Errorf("eventlog: malformed recipient id %q", id)
+	}
+	n, err := strconv.Atoi(id[i+1:])
+	if err != nil || n < 0 {
+		return "", 0, fmt.Errorf("eventlog: malformed recipient id %q", id)
+	}
+	return id[:i], n, nil
+}
+
+var idEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
+
+// EventID derives the stable id of a recipient's event from what makes it
+// unique: the recipient, the attempt and the state. A redelivery that repeats
+// the same attempt's outcome produces the same id, and the stream's
+// deduplication window drops the copy.
+func EventID(recipientID string, attempt int32, state postflowv1.RecipientState) string {
+	h := sha256.Sum256([]byte(recipientID + "\x00" + strconv.Itoa(int(attempt)) + "\x00" + state.String()))
+	return strings.ToLower(idEncoding.EncodeToString(h[:15]))
+}
+
+// Writer publishes events.
+type Writer struct {
+	pub *queue.Publisher
+}
+
+// NewWriter returns a Writer publishing through pub.
+func NewWriter(pub *queue.Publisher) *Writer { return &Writer{pub: pub} }
+
+// Write publishes evs and returns once JetStream acknowledged all of them.
+// Each event's EventId, which the caller must set, is its Nats-Msg-Id.
+// Errors wrap queue.ErrUnavailable or queue.ErrFull.
+func (w *Writer) Write(ctx context.Context, evs ...*postflowv1.Event) error {
+	msgs := make([]*nats.Msg, 0, len(evs))
+	for _, ev := range evs {
+		_, index, err := ParseRecipientID(ev.GetRecipientId())
+		if err != nil {
+			return err
+		}
+		data, err := proto.Marshal(ev)
+		if err != nil {
+			return fmt.Errorf("eventlog: marshal: %w", err)
+		}
+		m := nats.NewMsg(queue.EventSubject(ev.GetTenant(), ev.GetMessageId(), index))
+		m.Data = data
+		m.Header.Set(jetstream.MsgIDHeader, ev.GetEventId())
+		msgs = append(msgs, m)
+	}
+	return w.pub.Publish(ctx, msgs...)
+}
+
+// Reader reads events back.
+type Reader struct {
+	js jetstream.JetStream
+}
+
+// NewReader returns a Reader.
+func NewReader(js jetstream.JetStream) *Reader { return &Reader{js: js} }
+
+// Message returns every event of one message in stream order, or
+// ErrNotFound.
+func (r *Reader) Message(ctx context.Context, tenant, messageID string) ([]*postflowv1.Event, error) {
+	cons, err := r.js.OrderedConsumer(ctx, queue.EventsStream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{queue.MessageEventsFilter(tenant, messageID)},
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("eventlog: read %s: %w", messageID, err)
+	}
+	pending := cons.CachedInfo().NumPending
+	if pending == 0 {
+		return nil, ErrNotFound
+	}
+	evs := make([]*postflowv1.Event, 0, pending)
+	for uint64(len(evs)) < pending {
+		batch, err := cons.Fetch(int(pending)-len(evs), jetstream.FetchContext(ctx))
+		if err != nil {
+			return nil, fmt.Errorf("eventlog: read %s: %w", messageID, err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			ev := &postflowv1.Event{}
+			if err := proto.Unmarshal(m.Data(), ev); err != nil {
+				return nil, fmt.Errorf("eventlog: decode event %s: %w", m.Subject(), err)
+			}
+			evs = append(evs, ev)
+		}
+		if err := batch.Error(); err != nil {
+			return nil, fmt.Errorf("eventlog: read %s: %w", messageID, err)
+		}
+		if n == 0 {
+			return nil, fmt.Errorf("eventlog: read %s: %d events missing", messageID, int(pending)-len(evs))
+		}
+	}
+	return evs, nil
+}
+
+// LastState returns the latest state recorded for one recipient, or
+// RECIPIENT_STATE_UNSPECIFIED if it has no events.
+func (r *Reader) LastState(ctx context.Context, tenant, messageID string, index int) (postflowv1.RecipientState, error) {
+	st, err := r.js.Stream(ctx, queue.EventsStream)
+	if err != nil {
+		return 0, fmt.Errorf("eventlog: %w", err)
+	}
+	raw, err := st.GetLastMsgForSubject(ctx, queue.EventSubject(tenant, messageID, index))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return postflowv1.RecipientState_RECIPIENT_STATE_UNSPECIFIED, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("eventlog: last state of %s-%d: %w", messageID, index, err)
+	}
+	ev := &postflowv1.Event{}
+	if err := proto.Unmarshal(raw.Data, ev); err != nil {
+		return 0, fmt.Errorf("eventlog: decode: %w", err)
+	}
+	return ev.GetState(), nil
+}
+
+// Summarize derives each recipient's status from a message's events, given
+// in stream order. Recipients are ordered by index.
+func Summarize(evs []*postflowv1.Event) []*postflowv1.RecipientStatus {
+	byID := map[string]*postflowv1.RecipientStatus{}
+	attempts := map[string]map[int32]bool{}
+	for _, ev := range evs {
+		rs, ok := byID[ev.GetRecipientId()]
+		if !ok {
+			rs = &postflowv1.RecipientStatus{RecipientId: ev.GetRecipientId(), Recipient: ev.GetRecipient()}
+			byID[ev.GetRecipientId()] = rs
+			attempts[ev.GetRecipientId()] = map[int32]bool{}
+		}
+		rs.Events = append(rs.Events, ev)
+		if ev.GetAttempt() > 0 {
+			attempts[ev.GetRecipientId()][ev.GetAttempt()] = true
+		}
+		if rs.UpdatedAt == nil || ev.GetTime().AsTime().After(rs.UpdatedAt.AsTime()) {
+			rs.UpdatedAt = ev.GetTime()
+		}
+		if Final(rs.State) {
+			continue
+		}
+		if ev.GetState() == postflowv1.RecipientState_RECIPIENT_STATE_QUEUED && rs.State != postflowv1.RecipientState_RECIPIENT_STATE_UNSPECIFIED {
+			continue
+		}
+		rs.State = ev.GetState()
+		if ev.GetReply() != nil {
+			rs.LastReply = ev.GetReply()
+			rs.MxHost = ev.GetMxHost()
+			rs.Tls = ev.GetTls()
+		}
+		rs.NextAttemptAt = ev.GetNextAttemptAt()
+		if ev.GetPossibleDuplicate() {
+			rs.PossibleDuplicate = true
+		}
+	}
+	out := make([]*postflowv1.RecipientStatus, 0, len(byID))
+	for id, rs := range byID {
+		rs.Attempts = int32(len(attempts[id]))
+		out = append(out, rs)
+	}
+	slices.SortFunc(out, func(a, b *postflowv1.RecipientStatus) int {
+		_, ia, _ := ParseRecipientID(a.GetRecipientId())
+		_, ib, _ := ParseRecipientID(b.GetRecipientId())
+		return ia - ib
+	})
+	return out
+}

@@ -1,0 +1,160 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/postflow/postflow/pkg/eventlog"
+	"github.com/postflow/postflow/pkg/mailmsg"
+	"github.com/postflow/postflow/pkg/queue"
+	"github.com/postflow/postflow/pkg/telemetry"
+	queuev1 "github.com/postflow/postflow/proto/postflow/queue/v1"
+	postflowv1 "github.com/postflow/postflow/proto/postflow/v1"
+)
+
+// Send implements MailService.Send. See the proto for the contract.
+func (s *Server) Send(ctx context.Context, req *postflowv1.SendRequest) (*postflowv1.SendResponse, error) {
+	resp, err := s.send(ctx, req)
+	if err != nil {
+		st := toStatus(err)
+		telemetry.Rejected(ctx, st.Code().String())
+		if !isClientError(err) {
+			s.log.WarnContext(ctx, "api: send failed", slog.Any("error", err))
+		}
+		return nil, st.Err()
+	}
+	telemetry.Accepted(ctx, 1)
+	return resp, nil
+}
+
+func (s *Server) send(ctx context.Context, req *postflowv1.SendRequest) (*postflowv1.SendResponse, error) {
+	in := mailmsg.Input{
+		From:           req.GetFrom(),
+		To:             req.GetTo(),
+		Cc:             req.GetCc(),
+		Bcc:            req.GetBcc(),
+		ReplyTo:        req.GetReplyTo(),
+		Subject:        req.GetSubject(),
+		Text:           req.GetText(),
+		HTML:           req.GetHtml(),
+		Tags:           req.GetTags(),
+		Metadata:       req.GetMetadata(),
+		IdempotencyKey: req.GetIdempotencyKey(),
+		Raw:            req.GetRaw(),
+	}
+	for _, h := range req.GetHeaders() {
+		in.Headers = append(in.Headers, mailmsg.Header{Name: h.GetName(), Value: h.GetValue()})
+	}
+	now := s.now()
+	idDomain := s.cfg.MessageIDDomain
+	if idDomain == "" {
+		if a, err := mailmsg.ParseAddress(req.GetFrom()); err == nil {
+			idDomain = a.Domain
+		}
+	}
+	built, err := mailmsg.Build(in, s.cfg.Limits, now, idDomain)
+	if err != nil {
+		return nil, err
+	}
+
+	tenant := s.cfg.Tenant
+	msgID := newMessageID(tenant, req.GetIdempotencyKey())
+	acceptedAt := timestamppb.New(now)
+	expireAt := timestamppb.New(now.Add(s.cfg.MaxAge))
+
+	resp := &postflowv1.SendResponse{MessageId: msgID}
+	queued := make([]*postflowv1.Event, 0, len(built.Recipients))
+	var jobs []*queuev1.DeliveryJob
+	byDomain := map[string]*queuev1.DeliveryJob{}
+	for i, rcpt := range built.Recipients {
+		rid := eventlog.RecipientID(msgID, i)
+		resp.Recipients = append(resp.Recipients, &postflowv1.AcceptedRecipient{Address: rcpt.Addr, RecipientId: rid})
+		queued = append(queued, &postflowv1.Event{
+			EventId:     eventlog.EventID(rid, 0, postflowv1.RecipientState_RECIPIENT_STATE_QUEUED),
+			Tenant:      tenant,
+			MessageId:   msgID,
+			RecipientId: rid,
+			Recipient:   rcpt.Addr,
+			State:       postflowv1.RecipientState_RECIPIENT_STATE_QUEUED,
+			Time:        acceptedAt,
+			Tags:        req.GetTags(),
+		})
+		job := byDomain[rcpt.Domain]
+		if job == nil {
+			job = &queuev1.DeliveryJob{
+				Tenant:       tenant,
+				MessageId:    msgID,
+				Domain:       rcpt.Domain,
+				EnvelopeFrom: built.EnvelopeFrom,
+				Body:         built.Body,
+				AcceptedAt:   acceptedAt,
+				ExpireAt:     expireAt,
+				Tags:         req.GetTags(),
+				Smtputf8:     built.SMTPUTF8,
+			}
+			byDomain[rcpt.Domain] = job
+			jobs = append(jobs, job)
+		}
+		job.Recipients = append(job.Recipients, &queuev1.JobRecipient{Address: rcpt.Addr, Index: int32(i)})
+	}
+
+	pctx, cancel := context.WithTimeout(ctx, s.cfg.PublishTimeout)
+	defer cancel()
+	// Queued events go first so that every later event of a recipient
+	// follows its queued event in EVENTS (see package eventlog).
+	if err := s.events.Write(pctx, queued...); err != nil {
+		return nil, err
+	}
+	msgs := make([]*nats.Msg, 0, len(jobs))
+	for _, job := range jobs {
+		data, err := proto.Marshal(job)
+		if err != nil {
+			return nil, fmt.Errorf("api: marshal job: %w", err)
+		}
+		m := nats.NewMsg(queue.OutboundSubject(tenant, job.GetDomain()))
+		m.Data = data
+		// Deterministic: a retried Send with the same idempotency key is
+		// deduplicated by JetStream within the Duplicates window.
+		m.Header.Set(jetstream.MsgIDHeader, msgID+"."+job.GetDomain())
+		msgs = append(msgs, m)
+	}
+	if err := s.pub.Publish(pctx, msgs...); err != nil {
+		return nil, err
+	}
+	s.log.InfoContext(ctx, "api: accepted",
+		slog.String("message_id", msgID),
+		slog.Int("recipients", len(built.Recipients)),
+		slog.Int("jobs", len(jobs)),
+		slog.Int("bytes", len(built.Body)))
+	return resp, nil
+}
+
+// GetMessage implements StatusService.GetMessage.
+func (s *Server) GetMessage(ctx context.Context, req *postflowv1.GetMessageRequest) (*postflowv1.GetMessageResponse, error) {
+	id := strings.TrimSpace(req.GetMessageId())
+	if !validMessageID(id) {
+		return nil, toStatus(&mailmsg.ValidationError{Violations: []mailmsg.FieldError{{Field: "message_id", Description: errMessageIDFormat.Error()}}}).Err()
+	}
+	evs, err := s.reader.Message(ctx, s.cfg.Tenant, id)
+	if err != nil {
+		if !errors.Is(err, eventlog.ErrNotFound) {
+			s.log.WarnContext(ctx, "api: get message failed", slog.String("message_id", id), slog.Any("error", err))
+		}
+		return nil, toStatus(err).Err()
+	}
+	resp := &postflowv1.GetMessageResponse{MessageId: id, Recipients: eventlog.Summarize(evs)}
+	for _, ev := range evs {
+		if resp.AcceptedAt == nil || ev.GetTime().AsTime().Before(resp.AcceptedAt.AsTime()) {
+			resp.AcceptedAt = ev.GetTime()
+		}
+	}
+	return resp, nil
+}

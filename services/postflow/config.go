@@ -1,0 +1,226 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/postflow/postflow/pkg/mailmsg"
+	"github.com/postflow/postflow/pkg/queue"
+	"github.com/postflow/postflow/pkg/retry"
+)
+
+// serveConfig is every knob of `postflow serve`, declared once with its
+// default in defaultServeConfig.
+type serveConfig struct {
+	GRPCAddr       string
+	HTTPAddr       string
+	DataDir        string
+	NATSURL        string
+	RedisURL       string
+	Roles          []string
+	DNSServer      string
+	SMTPPort       int
+	AllowPrivateMX bool
+	Simulator      bool
+	MaxAge         time.Duration
+
+	Hostname        string
+	Concurrency     int
+	MaxMessageBytes int
+	RetryMin        time.Duration
+	RetryMax        time.Duration
+	SyncAlways      bool
+	ShutdownTimeout time.Duration
+	LogLevel        slog.Level
+	CheckConfig     bool
+
+	// Not flags: sized from the above.
+	Queue queue.Config
+}
+
+var knownRoles = []string{"api", "worker", "bounce"}
+
+func defaultServeConfig() serveConfig {
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "localhost"
+	}
+	return serveConfig{
+		GRPCAddr:        "127.0.0.1:8025",
+		HTTPAddr:        "127.0.0.1:8026",
+		DataDir:         "./postflow-data",
+		Roles:           knownRoles,
+		SMTPPort:        25,
+		Simulator:       true,
+		MaxAge:          5 * 24 * time.Hour, // Postfix maximal_queue_lifetime
+		Hostname:        host,
+		Concurrency:     64,
+		MaxMessageBytes: 10 << 20, // Postfix message_size_limit is 10,240,000
+		RetryMin:        retry.DefaultSchedule().Min,
+		RetryMax:        retry.DefaultSchedule().Max,
+		ShutdownTimeout: 30 * time.Second,
+		LogLevel:        slog.LevelInfo,
+		Queue:           queue.DefaultConfig(),
+	}
+}
+
+// serveFlags registers the flags of `postflow serve` on fs, bound to cfg.
+func serveFlags(fs *flag.FlagSet, cfg *serveConfig) {
+	fs.StringVar(&cfg.GRPCAddr, "grpc-addr", cfg.GRPCAddr, "gRPC API listen address")
+	fs.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "HTTP listen address for /healthz, /readyz and /metrics")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "embedded NATS JetStream storage directory")
+	fs.StringVar(&cfg.NATSURL, "nats-url", cfg.NATSURL, "NATS server URL(s), comma-separated; empty runs an embedded nats-server")
+	fs.StringVar(&cfg.RedisURL, "redis-url", cfg.RedisURL, "Redis URL for shared rate limits; empty uses an in-process limiter")
+	fs.Func("roles", "comma-separated roles to run: api,worker,bounce (default all)", func(s string) error {
+		cfg.Roles = nil
+		for _, r := range strings.Split(s, ",") {
+			if r = strings.TrimSpace(r); r != "" {
+				cfg.Roles = append(cfg.Roles, r)
+			}
+		}
+		return nil
+	})
+	fs.StringVar(&cfg.DNSServer, "dns-server", cfg.DNSServer, "DNS server host:port for MX lookups; empty uses /etc/resolv.conf")
+	fs.IntVar(&cfg.SMTPPort, "smtp-port", cfg.SMTPPort, "destination SMTP port (25 in production; other values for tests and demos)")
+	fs.BoolVar(&cfg.AllowPrivateMX, "allow-private-mx", cfg.AllowPrivateMX, "allow delivery to loopback, private, link-local and unspecified addresses")
+	fs.BoolVar(&cfg.Simulator, "simulator", cfg.Simulator, "run the mailbox simulator for @simulator.postflow.test")
+	fs.DurationVar(&cfg.MaxAge, "max-age", cfg.MaxAge, "how long a message is retried before it expires")
+	fs.StringVar(&cfg.Hostname, "hostname", cfg.Hostname, "name used in EHLO and generated Message-IDs")
+	fs.IntVar(&cfg.Concurrency, "concurrency", cfg.Concurrency, "delivery jobs a worker processes at once")
+	fs.IntVar(&cfg.MaxMessageBytes, "max-message-size", cfg.MaxMessageBytes, "largest message accepted, in bytes")
+	fs.DurationVar(&cfg.RetryMin, "retry-min", cfg.RetryMin, "delay before the first retry after a temporary failure")
+	fs.DurationVar(&cfg.RetryMax, "retry-max", cfg.RetryMax, "longest delay between retries")
+	fs.BoolVar(&cfg.SyncAlways, "sync-always", cfg.SyncAlways, "embedded NATS: fsync every write (sync_interval: always)")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long in-flight work may finish after SIGTERM")
+	fs.TextVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn, error")
+	fs.BoolVar(&cfg.CheckConfig, "check-config", false, "validate the configuration, print it and exit")
+}
+
+// envName is the environment variable mirroring a flag: POSTFLOW_<NAME>.
+func envName(flagName string) string {
+	return "POSTFLOW_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseWithEnv applies POSTFLOW_* variables as flag values, then the command
+// line, which wins.
+func parseWithEnv(fs *flag.FlagSet, args []string, getenv func(string) string) error {
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if v := getenv(envName(f.Name)); v != "" {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", envName(f.Name), v, err))
+			}
+		}
+	})
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return fs.Parse(args)
+}
+
+// finish derives dependent settings and validates everything, returning
+// every problem at once.
+func (c *serveConfig) finish() error {
+	var errs []error
+	for _, r := range c.Roles {
+		if !contains(knownRoles, r) {
+			errs = append(errs, fmt.Errorf("--roles: unknown role %q (want api, worker, bounce)", r))
+		}
+	}
+	if len(c.Roles) == 0 {
+		errs = append(errs, errors.New("--roles: no role given"))
+	}
+	for name, addr := range map[string]string{"--grpc-addr": c.GRPCAddr, "--http-addr": c.HTTPAddr} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		}
+	}
+	if c.DNSServer != "" {
+		if _, _, err := net.SplitHostPort(c.DNSServer); err != nil {
+			errs = append(errs, fmt.Errorf("--dns-server: %w", err))
+		}
+	}
+	if c.SMTPPort < 1 || c.SMTPPort > 65535 {
+		errs = append(errs, fmt.Errorf("--smtp-port: %d out of range", c.SMTPPort))
+	}
+	if c.MaxAge < time.Minute {
+		errs = append(errs, fmt.Errorf("--max-age: %v below 1m", c.MaxAge))
+	}
+	if c.Concurrency < 1 || c.Concurrency > 10000 {
+		errs = append(errs, fmt.Errorf("--concurrency: %d out of range 1..10000", c.Concurrency))
+	}
+	if c.MaxMessageBytes < 1024 || c.MaxMessageBytes > 64<<20 {
+		errs = append(errs, fmt.Errorf("--max-message-size: %d out of range 1KiB..64MiB", c.MaxMessageBytes))
+	}
+	if c.ShutdownTimeout <= 0 {
+		errs = append(errs, errors.New("--shutdown-timeout: must be positive"))
+	}
+	if c.RedisURL != "" {
+		errs = append(errs, errors.New("--redis-url: shared Redis limits are not implemented yet; leave it empty"))
+	}
+	// A job is the body plus its envelope (addresses, ids, timestamps).
+	c.Queue.MaxMsgSize = int32(c.MaxMessageBytes + 1<<20)
+	if err := c.retrySchedule().Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("--retry-min/--retry-max: %w", err))
+	}
+	if err := c.Queue.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (c *serveConfig) retrySchedule() retry.Schedule {
+	s := retry.DefaultSchedule()
+	s.Min, s.Max = c.RetryMin, c.RetryMax
+	return s
+}
+
+func (c *serveConfig) limits() mailmsg.Limits {
+	return mailmsg.Limits{MaxMessageBytes: c.MaxMessageBytes, MaxRecipients: 50, MaxHeaders: 50, MaxHeaderValueBytes: 998}
+}
+
+func (c *serveConfig) has(role string) bool { return contains(c.Roles, role) }
+
+// logValue lists the effective configuration for the start-up log, with the
+// credentials in URLs redacted.
+func (c *serveConfig) logAttrs() []any {
+	return []any{
+		slog.String("grpc_addr", c.GRPCAddr), slog.String("http_addr", c.HTTPAddr),
+		slog.String("data_dir", c.DataDir), slog.String("nats_url", redactURL(c.NATSURL)),
+		slog.String("redis_url", redactURL(c.RedisURL)), slog.Any("roles", c.Roles),
+		slog.String("dns_server", c.DNSServer), slog.Int("smtp_port", c.SMTPPort),
+		slog.Bool("allow_private_mx", c.AllowPrivateMX), slog.Bool("simulator", c.Simulator),
+		slog.Duration("max_age", c.MaxAge), slog.String("hostname", c.Hostname),
+		slog.Int("concurrency", c.Concurrency), slog.Int("max_message_size", c.MaxMessageBytes),
+		slog.Duration("retry_min", c.RetryMin), slog.Duration("retry_max", c.RetryMax),
+		slog.Bool("sync_always", c.SyncAlways),
+	}
+}
+
+// redactURL hides user information in a URL ("nats://user:pass@host").
+func redactURL(u string) string {
+	at := strings.LastIndexByte(u, '@')
+	if at < 0 {
+		return u
+	}
+	scheme := strings.Index(u, "://")
+	if scheme < 0 || scheme > at {
+		return "REDACTED@" + u[at+1:]
+	}
+	return u[:scheme+3] + "REDACTED@" + u[at+1:]
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}

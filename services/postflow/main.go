@@ -1,0 +1,60 @@
+// Command postflow is Postflow's single binary: `postflow serve` runs the
+// roles (api, worker, bounce) and the client commands (send, status) use the
+// public gRPC API like any other client. See README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+)
+
+func main() {
+	if err := run(context.Background(), os.Args[1:]); err != nil {
+		if !errors.Is(err, errUsage) {
+			fmt.Fprintln(os.Stderr, "postflow:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+var errUsage = errors.New("usage")
+
+const usage = `postflow: self-hosted outbound email delivery
+
+Usage:
+  postflow serve  [flags]                 run the service (all roles by default)
+  postflow send   [flags]                 send a message through the API
+  postflow status [flags] MESSAGE_ID      show a message's per-recipient status
+  postflow version
+
+Run "postflow COMMAND -h" for a command's flags.
+`
+
+func run(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		fmt.Fprint(os.Stderr, usage)
+		return errUsage
+	}
+	switch args[0] {
+	case "serve":
+		return serve(ctx, args[1:], os.Getenv)
+	case "send":
+		return sendCmd(ctx, args[1:], os.Stdout, os.Getenv)
+	case "status":
+		return statusCmd(ctx, args[1:], os.Stdout, os.Getenv)
+	case "version":
+		fmt.Println("postflow", version)
+		return nil
+	case "-h", "--help", "help":
+		fmt.Print(usage)
+		return nil
+	default:
+		fmt.Fprintf(os.Stderr, "postflow: unknown command %q\n\n%s", args[0], usage)
+		return errUsage
+	}
+}
+
+// version is set at link time (-ldflags "-X main.version=...").
+var version = "dev"

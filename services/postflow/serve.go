@@ -1,0 +1,288 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/postflow/postflow/pkg/mx"
+	"github.com/postflow/postflow/pkg/queue"
+	"github.com/postflow/postflow/pkg/shaping"
+	"github.com/postflow/postflow/pkg/simulator"
+	"github.com/postflow/postflow/pkg/smtpout"
+	"github.com/postflow/postflow/pkg/telemetry"
+	"github.com/postflow/postflow/services/api"
+	"github.com/postflow/postflow/services/worker"
+)
+
+// serve is `postflow serve`.
+func serve(ctx context.Context, args []string, getenv func(string) string) (err error) {
+	cfg := defaultServeConfig()
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	serveFlags(fs, &cfg)
+	if err := parseWithEnv(fs, args, getenv); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if err := cfg.finish(); err != nil {
+		return fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	log := telemetry.NewLogger(os.Stderr, cfg.LogLevel)
+	if cfg.CheckConfig {
+		log.Info("configuration is valid", cfg.logAttrs()...)
+		return nil
+	}
+
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go forceExitOnSecondSignal(ctx, stop, log)
+
+	prov, err := telemetry.Setup(ctx, telemetry.Config{
+		ServiceName: "postflow",
+		Version:     version,
+		OTLPTraces:  getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != "",
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		err = errors.Join(err, prov.Shutdown(sctx))
+	}()
+
+	log.Info("postflow starting", cfg.logAttrs()...)
+	a, err := newApp(ctx, cfg, log, prov.Metrics)
+	if err != nil {
+		return err
+	}
+	return a.run(ctx)
+}
+
+// forceExitOnSecondSignal exits at once on a signal received after shutdown
+// began (STYLE rule 9).
+func forceExitOnSecondSignal(ctx context.Context, stop func(), log *slog.Logger) {
+	<-ctx.Done()
+	stop()
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, os.Interrupt, syscall.SIGTERM)
+	<-c
+	log.Warn("second signal: exiting without finishing in-flight work")
+	os.Exit(1)
+}
+
+// app is one postflow process: its NATS connection (and embedded server),
+// listeners and the roles it runs.
+type app struct {
+	cfg     serveConfig
+	log     *slog.Logger
+	metrics http.Handler
+
+	ns  *server.Server // nil unless embedded
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	sim *simulator.Server
+
+	grpcLis net.Listener
+	httpLis net.Listener
+}
+
+// newApp connects (or starts) NATS, ensures the streams, and opens the
+// listeners, so that an address conflict fails start-up rather than later.
+func newApp(ctx context.Context, cfg serveConfig, log *slog.Logger, metrics http.Handler) (_ *app, err error) {
+	a := &app{cfg: cfg, log: log, metrics: metrics}
+	defer func() {
+		if err != nil {
+			a.close()
+		}
+	}()
+	if cfg.NATSURL == "" {
+		if a.ns, err = startEmbeddedNATS(cfg); err != nil {
+			return nil, err
+		}
+		a.nc, err = nats.Connect("", nats.InProcessServer(a.ns), nats.Name("postflow"))
+	} else {
+		a.nc, err = nats.Connect(cfg.NATSURL, nats.Name("postflow"), nats.MaxReconnects(-1),
+			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+				log.Warn("nats: disconnected", slog.Any("error", err))
+			}),
+			nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("nats: reconnected", slog.String("url", nc.ConnectedUrlRedacted())) }))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("nats: connect: %w", err)
+	}
+	if mp := a.nc.MaxPayload(); mp < int64(cfg.Queue.MaxMsgSize) {
+		return nil, fmt.Errorf("nats: server max_payload %d is below the largest job %d (--max-message-size plus 1 MiB): raise max_payload or lower --max-message-size", mp, cfg.Queue.MaxMsgSize)
+	}
+	if a.js, err = jetstream.New(a.nc, jetstream.WithPublishAsyncMaxPending(4096)); err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	ectx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err = queue.Ensure(ectx, a.js, cfg.Queue); err != nil {
+		return nil, err
+	}
+	if cfg.has("api") {
+		if a.grpcLis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
+			return nil, fmt.Errorf("--grpc-addr: %w", err)
+		}
+	}
+	if a.httpLis, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("--http-addr: %w", err)
+	}
+	if cfg.has("worker") && cfg.Simulator {
+		if a.sim, err = simulator.Start("127.0.0.1:0", log); err != nil {
+			return nil, fmt.Errorf("simulator: %w", err)
+		}
+	}
+	return a, nil
+}
+
+func startEmbeddedNATS(cfg serveConfig) (*server.Server, error) {
+	opts := &server.Options{
+		ServerName: "postflow-embedded",
+		DontListen: true, // in-process clients only: no port to collide with
+		JetStream:  true,
+		StoreDir:   filepath.Join(cfg.DataDir, "jetstream"),
+		MaxPayload: cfg.Queue.MaxMsgSize,
+		SyncAlways: cfg.SyncAlways,
+		NoSigs:     true,
+		NoLog:      true,
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats-server: %w", err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		ns.Shutdown()
+		return nil, errors.New("embedded nats-server: not ready within 30s")
+	}
+	return ns, nil
+}
+
+// run runs the configured roles until ctx ends, then shuts them down in
+// order: intake first (api), then delivery (worker drains), then NATS.
+func (a *app) run(ctx context.Context) error {
+	defer a.close()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return a.serveHTTP(gctx) })
+	if a.cfg.has("api") {
+		g.Go(func() error {
+			return api.Run(gctx, api.Config{
+				Tenant:          "default",
+				Limits:          a.cfg.limits(),
+				MessageIDDomain: a.cfg.Hostname,
+				MaxAge:          a.cfg.MaxAge,
+				PublishTimeout:  10 * time.Second,
+				ShutdownTimeout: a.cfg.ShutdownTimeout,
+			}, api.Deps{JS: a.js, Logger: a.log, Listener: a.grpcLis})
+		})
+	}
+	if a.cfg.has("worker") {
+		router, err := mx.New(a.mxConfig())
+		if err != nil {
+			return err
+		}
+		lim := shaping.NewLocal(shaping.DefaultLimits())
+		g.Go(func() error {
+			return worker.Run(gctx, worker.Config{
+				Concurrency:     a.cfg.Concurrency,
+				Retry:           a.cfg.retrySchedule(),
+				AttemptTimeout:  40 * time.Minute,
+				Heartbeat:       a.cfg.Queue.AckWait / 3,
+				ShutdownTimeout: a.cfg.ShutdownTimeout,
+				PoisonAttempts:  5,
+			}, worker.Deps{
+				JS:      a.js,
+				Router:  router,
+				Sender:  smtpout.New(smtpout.Config{HelloName: a.cfg.Hostname}),
+				Limiter: lim,
+				Logger:  a.log,
+			})
+		})
+	}
+	if a.cfg.has("bounce") {
+		a.log.Info("bounce role: bounce processing is not part of this version; nothing to run")
+	}
+	return g.Wait()
+}
+
+func (a *app) mxConfig() mx.Config {
+	c := mx.Config{
+		Server:       a.cfg.DNSServer,
+		Port:         a.cfg.SMTPPort,
+		AllowPrivate: a.cfg.AllowPrivateMX,
+	}
+	if a.sim != nil {
+		c.Routes = map[string][]string{simulator.Domain: {a.sim.Addr()}}
+	}
+	return c
+}
+
+// serveHTTP serves health and metrics until ctx ends.
+func (a *app) serveHTTP(ctx context.Context) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !a.nc.IsConnected() {
+			http.Error(w, "nats: "+a.nc.Status().String(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.Handle("GET /metrics", a.metrics)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(a.httpLis) }()
+	a.log.Info("http: serving", slog.String("addr", a.httpLis.Addr().String()))
+	select {
+	case err := <-errc:
+		return fmt.Errorf("http: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	return nil
+}
+
+// close releases everything newApp opened; the embedded NATS server goes
+// last so that roles could flush their final acks and events.
+func (a *app) close() {
+	if a.sim != nil {
+		_ = a.sim.Close()
+	}
+	if a.grpcLis != nil {
+		_ = a.grpcLis.Close()
+	}
+	if a.httpLis != nil {
+		_ = a.httpLis.Close()
+	}
+	if a.nc != nil {
+		_ = a.nc.FlushTimeout(5 * time.Second)
+		a.nc.Close()
+	}
+	if a.ns != nil {
+		a.ns.Shutdown()
+		a.ns.WaitForShutdown()
+	}
+}

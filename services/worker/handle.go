@@ -1,0 +1,356 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/codes"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/postflow/postflow/pkg/deliveryerr"
+	"github.com/postflow/postflow/pkg/eventlog"
+	"github.com/postflow/postflow/pkg/queue"
+	"github.com/postflow/postflow/pkg/smtpout"
+	"github.com/postflow/postflow/pkg/telemetry"
+	queuev1 "github.com/postflow/postflow/proto/postflow/queue/v1"
+	postflowv1 "github.com/postflow/postflow/proto/postflow/v1"
+)
+
+// outcome is one recipient's result of one attempt.
+type outcome struct {
+	rcpt      *queuev1.JobRecipient
+	delivered bool
+	reply     *deliveryerr.Error // the 2xx reply when delivered, else the failure
+	target    smtpout.Target
+	tls       smtpout.TLSInfo
+	possDup   bool
+}
+
+// handle processes one delivery of one job. It always settles msg: Ack,
+// NakWithDelay or Term, except when the process dies, in which case
+// JetStream redelivers after AckWait.
+func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
+	stop := w.heartbeat(msg)
+	defer stop()
+
+	job := &queuev1.DeliveryJob{}
+	if err := proto.Unmarshal(msg.Data(), job); err != nil {
+		// Nothing to deliver and no recipients to report: drop it loudly.
+		w.log.Error("worker: undecodable job terminated", slog.String("subject", msg.Subject()), slog.Any("error", err))
+		_ = msg.TermWithReason("undecodable job")
+		return
+	}
+	attempt := int32(1)
+	if meta, err := msg.Metadata(); err == nil {
+		attempt = int32(min(meta.NumDelivered, 1<<30))
+	}
+	ctx = queue.ExtractTrace(ctx, msg.Headers())
+	ctx, span := w.tracer.Start(ctx, "postflow.delivery.attempt")
+	defer span.End()
+	span.SetAttributes(
+		telemetry.KeyMessageID.String(job.GetMessageId()),
+		telemetry.KeyDomain.String(job.GetDomain()),
+		telemetry.KeyAttempt.Int(int(attempt)),
+	)
+
+	defer func() {
+		if v := recover(); v != nil {
+			span.SetStatus(codes.Error, "panic")
+			w.log.ErrorContext(ctx, "worker: panic while delivering",
+				slog.String("message_id", job.GetMessageId()), slog.Any("panic", v), slog.String("stack", string(debug.Stack())))
+			w.poisoned(ctx, msg, job, attempt, fmt.Sprint(v))
+		}
+	}()
+
+	rcpts := job.GetRecipients()
+	if attempt > 1 {
+		var err error
+		if rcpts, err = w.pending(ctx, job); err != nil {
+			w.log.WarnContext(ctx, "worker: reading recipient state", slog.Any("error", err))
+			_ = msg.NakWithDelay(w.cfg.Retry.Min / 10)
+			return
+		}
+	}
+	if len(rcpts) == 0 {
+		// Every recipient already final: an earlier attempt finished but its
+		// ack was lost.
+		_ = msg.DoubleAck(ctx)
+		return
+	}
+
+	start := w.now()
+	actx, cancel := context.WithTimeout(ctx, w.cfg.AttemptTimeout)
+	outs := w.attempt(actx, job, rcpts)
+	cancel()
+
+	evs, delay, pending, result := w.record(ctx, job, attempt, outs)
+	telemetry.Attempt(ctx, result, w.now().Sub(start).Seconds())
+	span.SetAttributes(telemetry.KeyResult.String(result))
+
+	if err := w.writeEvents(ctx, evs); err != nil {
+		// The outcome is not recorded, so it must not be acked; a retry
+		// soon keeps delivered recipients from waiting long, though it
+		// may resend to them (counted as a possible duplicate).
+		w.log.ErrorContext(ctx, "worker: recording outcome failed", slog.String("message_id", job.GetMessageId()), slog.Any("error", err))
+		_ = msg.NakWithDelay(w.cfg.Retry.Min / 10)
+		return
+	}
+	switch {
+	case pending:
+		_ = msg.NakWithDelay(delay)
+	case result == "bounced":
+		_ = msg.TermWithReason("bounced")
+	default:
+		// DoubleAck: a lost ack would redeliver, and the redelivery costs a
+		// state lookup per recipient.
+		if err := msg.DoubleAck(ctx); err != nil {
+			w.log.WarnContext(ctx, "worker: ack", slog.String("message_id", job.GetMessageId()), slog.Any("error", err))
+		}
+	}
+}
+
+// pending returns the job's recipients that have no final state yet.
+func (w *Worker) pending(ctx context.Context, job *queuev1.DeliveryJob) ([]*queuev1.JobRecipient, error) {
+	var out []*queuev1.JobRecipient
+	for _, r := range job.GetRecipients() {
+		st, err := w.reader.LastState(ctx, job.GetTenant(), job.GetMessageId(), int(r.GetIndex()))
+		if err != nil {
+			return nil, err
+		}
+		if !eventlog.Final(st) {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// attempt routes the job's domain and runs one SMTP transaction for rcpts.
+func (w *Worker) attempt(ctx context.Context, job *queuev1.DeliveryJob, rcpts []*queuev1.JobRecipient) []outcome {
+	outs := make([]outcome, len(rcpts))
+	for i, r := range rcpts {
+		outs[i].rcpt = r
+	}
+	fail := func(err error) []outcome {
+		_, de := deliveryerr.Classify(err)
+		for i := range outs {
+			outs[i].reply = de
+		}
+		return outs
+	}
+	mxTargets, err := w.router.Lookup(ctx, job.GetDomain())
+	if err != nil {
+		return fail(err)
+	}
+	targets := make([]smtpout.Target, len(mxTargets))
+	for i, t := range mxTargets {
+		targets[i] = smtpout.Target{Host: t.Host, Addr: t.Addr}
+	}
+	env := smtpout.Envelope{From: job.GetEnvelopeFrom(), SMTPUTF8: job.GetSmtputf8()}
+	for _, r := range rcpts {
+		env.To = append(env.To, r.GetAddress())
+	}
+	release, err := w.limit.Acquire(ctx, job.GetDomain())
+	if err != nil {
+		return fail(err)
+	}
+	res := w.sender.Deliver(ctx, targets, env, job.GetBody())
+	release()
+	if len(res.Recipients) != len(rcpts) {
+		return fail(fmt.Errorf("worker: sender returned %d results for %d recipients", len(res.Recipients), len(rcpts)))
+	}
+	for i, rr := range res.Recipients {
+		outs[i].target = res.Target
+		outs[i].tls = res.TLS
+		outs[i].possDup = rr.PossibleDuplicate
+		if rr.Delivered {
+			outs[i].delivered = true
+			outs[i].reply = res.Reply
+			continue
+		}
+		_, outs[i].reply = deliveryerr.Classify(rr.Err)
+	}
+	return outs
+}
+
+// record turns outcomes into events and decides the job's fate: pending
+// reports whether any recipient was deferred (the job is retried after
+// delay); result summarises the attempt for metrics ("delivered",
+// "deferred", "bounced", "expired" or "mixed").
+func (w *Worker) record(ctx context.Context, job *queuev1.DeliveryJob, attempt int32, outs []outcome) (evs []*postflowv1.Event, delay time.Duration, pending bool, result string) {
+	now := w.now()
+	expireAt := job.GetExpireAt().AsTime()
+	delay = w.cfg.Retry.Delay(int(attempt))
+	next := now.Add(delay)
+	if next.After(expireAt) {
+		// The last attempt happens at expiry; failing then, it expires.
+		next = expireAt
+		delay = max(expireAt.Sub(now), time.Second)
+	}
+	results := map[string]bool{}
+	for _, o := range outs {
+		rid := eventlog.RecipientID(job.GetMessageId(), int(o.rcpt.GetIndex()))
+		ev := &postflowv1.Event{
+			Tenant:            job.GetTenant(),
+			MessageId:         job.GetMessageId(),
+			RecipientId:       rid,
+			Recipient:         o.rcpt.GetAddress(),
+			Time:              timestamppb.New(now),
+			Attempt:           attempt,
+			Reply:             replyOf(o.reply),
+			MxHost:            o.target.Host,
+			PossibleDuplicate: o.possDup,
+			Tags:              job.GetTags(),
+		}
+		if o.target.Addr.IsValid() {
+			ev.RemoteAddr = o.target.Addr.String()
+		}
+		if o.tls.Version != "" {
+			ev.Tls = &postflowv1.TLSInfo{Version: o.tls.Version, Cipher: o.tls.Cipher, Verified: o.tls.Verified}
+		}
+		var state postflowv1.RecipientState
+		switch {
+		case o.delivered:
+			state = postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED
+			telemetry.Delivered(ctx, now.Sub(job.GetAcceptedAt().AsTime()).Seconds())
+		case o.reply != nil && !o.reply.Temporary():
+			state = postflowv1.RecipientState_RECIPIENT_STATE_BOUNCED
+			telemetry.Bounced(ctx)
+		case !now.Before(expireAt):
+			state = postflowv1.RecipientState_RECIPIENT_STATE_EXPIRED
+			ev.Reply = expiredReply(ev.Reply, now.Sub(job.GetAcceptedAt().AsTime()))
+			telemetry.Expired(ctx)
+		default:
+			state = postflowv1.RecipientState_RECIPIENT_STATE_DEFERRED
+			ev.NextAttemptAt = timestamppb.New(next)
+			pending = true
+			telemetry.Deferred(ctx)
+		}
+		ev.State = state
+		ev.EventId = eventlog.EventID(rid, attempt, state)
+		evs = append(evs, ev)
+		results[resultName(state)] = true
+		w.log.InfoContext(ctx, "worker: attempt",
+			slog.String("message_id", job.GetMessageId()),
+			slog.String("recipient_id", rid),
+			slog.String("state", resultName(state)),
+			slog.Int("attempt", int(attempt)),
+			slog.String("mx", o.target.Host),
+			slog.String("reply", replyText(o.reply)))
+	}
+	result = "mixed"
+	if len(results) == 1 {
+		for k := range results {
+			result = k
+		}
+	}
+	return evs, delay, pending, result
+}
+
+// writeEvents publishes evs, retrying for up to two minutes: the SMTP outcome
+// already happened, and giving up early turns a slow NATS into duplicates.
+func (w *Worker) writeEvents(ctx context.Context, evs []*postflowv1.Event) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	backoff := 100 * time.Millisecond
+	for {
+		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+		err := w.events.Write(wctx, evs...)
+		wcancel()
+		if err == nil {
+			return nil
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return errors.Join(err, ctx.Err())
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// poisoned settles a job whose processing panicked: retried a few times
+// (the cause may be transient), then its open recipients are marked failed
+// and the job terminated so it cannot wedge the queue (TESTPLAN A11).
+func (w *Worker) poisoned(ctx context.Context, msg jetstream.Msg, job *queuev1.DeliveryJob, attempt int32, cause string) {
+	if int(attempt) < w.cfg.PoisonAttempts {
+		_ = msg.NakWithDelay(w.cfg.Retry.Delay(int(attempt)))
+		return
+	}
+	var evs []*postflowv1.Event
+	for _, r := range job.GetRecipients() {
+		rid := eventlog.RecipientID(job.GetMessageId(), int(r.GetIndex()))
+		evs = append(evs, &postflowv1.Event{
+			EventId:     eventlog.EventID(rid, attempt, postflowv1.RecipientState_RECIPIENT_STATE_FAILED),
+			Tenant:      job.GetTenant(),
+			MessageId:   job.GetMessageId(),
+			RecipientId: rid,
+			Recipient:   r.GetAddress(),
+			State:       postflowv1.RecipientState_RECIPIENT_STATE_FAILED,
+			Time:        timestamppb.New(w.now()),
+			Attempt:     attempt,
+			Reply:       &postflowv1.SMTPReply{Code: 554, EnhancedCode: "5.3.0", Text: "internal error processing message"},
+			Tags:        job.GetTags(),
+		})
+		telemetry.Failed(ctx)
+	}
+	if err := w.writeEvents(ctx, evs); err != nil {
+		w.log.ErrorContext(ctx, "worker: recording failure", slog.Any("error", err))
+		_ = msg.NakWithDelay(w.cfg.Retry.Min)
+		return
+	}
+	_ = msg.TermWithReason("panic: " + cause)
+}
+
+func replyOf(e *deliveryerr.Error) *postflowv1.SMTPReply {
+	if e == nil {
+		return nil
+	}
+	return &postflowv1.SMTPReply{Code: int32(e.Code), EnhancedCode: e.Enhanced, Text: e.Message, Remote: e.Remote}
+}
+
+func replyText(e *deliveryerr.Error) string {
+	if e == nil {
+		return ""
+	}
+	return e.Error()
+}
+
+// expiredReply keeps the last diagnostic and marks it with RFC 3463's 4.4.7
+// "delivery time expired".
+func expiredReply(last *postflowv1.SMTPReply, age time.Duration) *postflowv1.SMTPReply {
+	text := "message expired after " + age.Round(time.Second).String()
+	code := int32(451)
+	if last != nil {
+		text += "; last error: " + strconv.Itoa(int(last.GetCode()))
+		if last.GetEnhancedCode() != "" {
+			text += " " + last.GetEnhancedCode()
+		}
+		text += " " + last.GetText()
+		code = last.GetCode()
+	}
+	return &postflowv1.SMTPReply{Code: code, EnhancedCode: "4.4.7", Text: text}
+}
+
+func resultName(s postflowv1.RecipientState) string {
+	switch s {
+	case postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED:
+		return "delivered"
+	case postflowv1.RecipientState_RECIPIENT_STATE_BOUNCED:
+		return "bounced"
+	case postflowv1.RecipientState_RECIPIENT_STATE_EXPIRED:
+		return "expired"
+	case postflowv1.RecipientState_RECIPIENT_STATE_DEFERRED:
+		return "deferred"
+	default:
+		return "failed"
+	}
+}

@@ -1,0 +1,189 @@
+// Package worker is the worker role: it pulls delivery jobs from the shared
+// OUTBOUND consumer, routes each job's domain to its MX hosts, runs the SMTP
+// transaction, records every recipient's outcome in EVENTS and then acks,
+// naks with a delay, or terminates the job. Workers keep no state of their
+// own; any number of them share the consumer.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/postflow/postflow/pkg/eventlog"
+	"github.com/postflow/postflow/pkg/mx"
+	"github.com/postflow/postflow/pkg/queue"
+	"github.com/postflow/postflow/pkg/retry"
+	"github.com/postflow/postflow/pkg/smtpout"
+)
+
+// Config configures the worker role.
+type Config struct {
+	// Concurrency bounds jobs processed at once by this worker.
+	Concurrency int
+	// Retry spaces attempts after temporary failures.
+	Retry retry.Schedule
+	// AttemptTimeout is the hard deadline of one attempt (DNS and SMTP).
+	// It must cover the SMTP client's own timeouts; a wedged session is cut
+	// off here and the job retried (TESTPLAN A12).
+	AttemptTimeout time.Duration
+	// Heartbeat is the InProgress interval while a job is worked on; it
+	// must be well below the consumer's AckWait.
+	Heartbeat time.Duration
+	// ShutdownTimeout bounds how long in-flight attempts may run after
+	// shutdown begins; they are then canceled and their jobs retried.
+	ShutdownTimeout time.Duration
+	// PoisonAttempts is how many times a job that panics the worker is
+	// retried before its recipients are marked failed.
+	PoisonAttempts int
+}
+
+// router resolves a recipient domain to SMTP targets.
+type router interface {
+	Lookup(ctx context.Context, domain string) ([]mx.Target, error)
+}
+
+// sender runs one SMTP delivery attempt.
+type sender interface {
+	Deliver(ctx context.Context, targets []smtpout.Target, env smtpout.Envelope, body []byte) smtpout.Result
+}
+
+// limiter bounds sessions and message rate per destination.
+type limiter interface {
+	// Acquire blocks until destination may take one more session; release
+	// must be called once when the session ends.
+	Acquire(ctx context.Context, destination string) (release func(), err error)
+}
+
+// Deps are the worker's collaborators.
+type Deps struct {
+	JS      jetstream.JetStream
+	Router  router
+	Sender  sender
+	Limiter limiter
+	Logger  *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Worker processes delivery jobs.
+type Worker struct {
+	cfg    Config
+	router router
+	sender sender
+	limit  limiter
+	events *eventlog.Writer
+	reader *eventlog.Reader
+	log    *slog.Logger
+	now    func() time.Time
+	tracer trace.Tracer
+}
+
+// New returns a Worker; Run starts it.
+func New(cfg Config, deps Deps) *Worker {
+	now := deps.Now
+	if now == nil {
+		now = time.Now
+	}
+	return &Worker{
+		cfg:    cfg,
+		router: deps.Router,
+		sender: deps.Sender,
+		limit:  deps.Limiter,
+		events: eventlog.NewWriter(queue.NewPublisher(deps.JS)),
+		reader: eventlog.NewReader(deps.JS),
+		log:    deps.Logger,
+		now:    now,
+		tracer: otel.Tracer("github.com/postflow/postflow/services/worker"),
+	}
+}
+
+// Run consumes jobs until ctx ends. Shutdown then proceeds in order: stop
+// pulling, hand back jobs buffered but not started (Nak, so another worker
+// takes them at once), let in-flight attempts finish within
+// ShutdownTimeout, cancel what is still running (those jobs are retried),
+// and return nil.
+func Run(ctx context.Context, cfg Config, deps Deps) error {
+	return New(cfg, deps).Run(ctx, deps.JS)
+}
+
+// Run is the method form of the package-level Run.
+func (w *Worker) Run(ctx context.Context, js jetstream.JetStream) error {
+	cons, err := js.Consumer(ctx, queue.OutboundStream, queue.WorkerConsumer)
+	if err != nil {
+		return fmt.Errorf("worker: consumer: %w", err)
+	}
+	iter, err := cons.Messages(jetstream.PullMaxMessages(w.cfg.Concurrency))
+	if err != nil {
+		return fmt.Errorf("worker: pull: %w", err)
+	}
+	w.log.Info("worker: consuming", slog.Int("concurrency", w.cfg.Concurrency))
+
+	// Attempts run under hard, which outlives ctx by ShutdownTimeout.
+	hard, cancelHard := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelHard()
+	stopWatch := context.AfterFunc(ctx, func() {
+		iter.Drain()
+		time.AfterFunc(w.cfg.ShutdownTimeout, cancelHard)
+	})
+	defer stopWatch()
+
+	sem := make(chan struct{}, w.cfg.Concurrency)
+	var wg sync.WaitGroup
+	for {
+		msg, err := iter.Next()
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				break
+			}
+			w.log.Warn("worker: pull", slog.Any("error", err))
+			continue
+		}
+		if ctx.Err() != nil {
+			// Buffered before shutdown began and not started: hand it
+			// back without counting an attempt against it.
+			_ = msg.Nak()
+			continue
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			_ = msg.Nak()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			w.handle(hard, msg)
+		}()
+	}
+	wg.Wait()
+	w.log.Info("worker: stopped")
+	return nil
+}
+
+// heartbeat sends InProgress for msg every interval until stop is called.
+func (w *Worker) heartbeat(msg jetstream.Msg) (stop func()) {
+	done := make(chan struct{})
+	var once sync.Once
+	go func() {
+		t := time.NewTicker(w.cfg.Heartbeat)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				_ = msg.InProgress()
+			}
+		}
+	}()
+	return func() { once.Do(func() { close(done) }) }
+}
