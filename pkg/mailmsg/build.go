@@ -1,0 +1,95 @@
+package mailmsg
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/emersion/go-message/mail"
+)
+
+// buildStructured writes the MIME form of a validated structured input.
+// Bodies are quoted-printable: lines stay under 77 octets and 8-bit text
+// is safe on any transport, whatever the caller sent. Bodies' line breaks
+// are canonicalised to CRLF first (RFC 2046 §4.1.1).
+func buildStructured(in Input, v *validated, now time.Time, msgID string) ([]byte, error) {
+	// go-message writes the most recently added field first, so fields are
+	// added bottom-up: custom headers, then Message-ID … From.
+	var h mail.Header
+	single := in.Text == "" || in.HTML == ""
+	if single {
+		ct := "text/plain"
+		if in.Text == "" {
+			ct = "text/html"
+		}
+		h.Set("Content-Transfer-Encoding", "quoted-printable")
+		h.SetContentType(ct, map[string]string{"charset": "utf-8"})
+	}
+	h.Set("MIME-Version", "1.0")
+	for i := len(in.Headers) - 1; i >= 0; i-- {
+		h.Add(in.Headers[i].Name, encodeHeaderValue(in.Headers[i].Value))
+	}
+	h.Set("Message-ID", "<"+msgID+">")
+	h.SetDate(now)
+	h.SetSubject(in.Subject)
+	h.SetAddressList("Reply-To", mailAddresses(v.replyTo))
+	h.SetAddressList("Cc", mailAddresses(v.cc))
+	h.SetAddressList("To", mailAddresses(v.to))
+	h.SetAddressList("From", mailAddresses([]Address{v.from}))
+
+	var buf bytes.Buffer
+	buf.Grow(len(in.Text) + len(in.HTML) + 2048)
+	if single {
+		w, err := mail.CreateSingleInlineWriter(&buf, h)
+		if err != nil {
+			return nil, fmt.Errorf("mailmsg: write headers: %w", err)
+		}
+		if err := writeBody(w, in.Text+in.HTML); err != nil {
+			return nil, err
+		}
+		return ensureFinalCRLF(buf.Bytes()), nil
+	}
+
+	mw, err := mail.CreateInlineWriter(&buf, h)
+	if err != nil {
+		return nil, fmt.Errorf("mailmsg: write headers: %w", err)
+	}
+	// RFC 2046 §5.1.4: alternatives go from plainest to richest.
+	for _, p := range []struct{ ct, body string }{{"text/plain", in.Text}, {"text/html", in.HTML}} {
+		var ph mail.InlineHeader
+		ph.SetContentType(p.ct, map[string]string{"charset": "utf-8"})
+		ph.Set("Content-Transfer-Encoding", "quoted-printable")
+		pw, err := mw.CreatePart(ph)
+		if err != nil {
+			return nil, fmt.Errorf("mailmsg: create %s part: %w", p.ct, err)
+		}
+		if err := writeBody(pw, p.body); err != nil {
+			return nil, err
+		}
+	}
+	if err := mw.Close(); err != nil {
+		return nil, fmt.Errorf("mailmsg: close multipart: %w", err)
+	}
+	return ensureFinalCRLF(buf.Bytes()), nil
+}
+
+func writeBody(w io.WriteCloser, body string) error {
+	if _, err := w.Write(NormalizeCRLF([]byte(body))); err != nil {
+		return fmt.Errorf("mailmsg: write body: %w", err)
+	}
+	if err := w.Close(); err != nil {
+		return fmt.Errorf("mailmsg: close body: %w", err)
+	}
+	return nil
+}
+
+func mailAddresses(as []Address) []*mail.Address {
+	out := make([]*mail.Address, len(as))
+	for i, a := range as {
+		// net/mail quotes the local part itself when needed, so it gets the
+		// unquoted value.
+		out[i] = &mail.Address{Name: a.Name, Address: a.Local + "@" + a.Domain}
+	}
+	return out
+}
