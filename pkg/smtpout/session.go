@@ -1,0 +1,337 @@
+package smtpout
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/textproto"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/postflow/postflow/pkg/deliveryerr"
+)
+
+// bodyChunk is how much of the body is written under one write deadline, so
+// that a large message on a slow but live link does not time out while a
+// stalled one does (Postfix's smtp_data_xfer_timeout works per block too).
+const bodyChunk = 64 << 10
+
+// session is one connection to one target. It fills in res for the
+// recipients it decides.
+type session struct {
+	cfg     *Config
+	target  Target
+	env     Envelope
+	body    []byte
+	pending []int // indexes into env.To still undecided
+	res     *Result
+}
+
+// run connects and delivers. final reports that the recipients' outcomes are
+// decided and recorded in res; otherwise err says why this target failed
+// and the caller may try the next one.
+func (s *session) run(ctx context.Context) (final bool, err *deliveryerr.Error) {
+	if !s.target.Addr.IsValid() {
+		return false, deliveryerr.Temporary(451, "4.4.1", "connection failed",
+			fmt.Errorf("smtpout: invalid address for target %q", s.target.Host))
+	}
+	dctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout)
+	raw, derr := s.cfg.Dialer(dctx, "tcp", s.target.Addr.String())
+	cancel()
+	if derr != nil {
+		return false, netFailure(ctx, "4.4.1", "connection failed", derr)
+	}
+	defer func() { _ = raw.Close() }()
+	// go-smtp takes no context: closing the socket is what interrupts a
+	// blocked read or write when ctx ends.
+	stop := context.AfterFunc(ctx, func() { _ = raw.Close() })
+	defer stop()
+
+	limit, _ := ctx.Deadline()
+	conn := &sessionConn{Conn: raw, limit: limit}
+	c := s.newClient(conn)
+	if err := c.Hello(s.cfg.HelloName); err != nil {
+		return s.early(ctx, err, "banner or EHLO")
+	}
+	if ok, _ := c.Extension("STARTTLS"); ok {
+		tc, final, err := s.startTLS(ctx, conn)
+		if err != nil {
+			return final, err
+		}
+		if tc != nil {
+			c = tc
+		}
+	}
+
+	if s.env.SMTPUTF8 {
+		if ok, _ := c.Extension("SMTPUTF8"); !ok {
+			err := deliveryerr.Permanent(550, "5.6.7", "recipient server does not support SMTPUTF8", nil)
+			s.res.failAll(s.pending, err)
+			s.quit(c)
+			return true, err
+		}
+	}
+	if maxSize, ok := c.MaxMessageSize(); ok && maxSize > 0 && len(s.body) > maxSize {
+		err := deliveryerr.Permanent(552, "5.3.4", "message size exceeds fixed maximum message size",
+			fmt.Errorf("smtpout: %d bytes, server limit %d", len(s.body), maxSize))
+		s.res.failAll(s.pending, err)
+		s.quit(c)
+		return true, err
+	}
+
+	if err := c.Mail(s.env.From, &smtp.MailOptions{Size: int64(len(s.body)), UTF8: s.env.SMTPUTF8}); err != nil {
+		return s.early(ctx, err, "MAIL")
+	}
+	return true, s.transaction(ctx, c, conn)
+}
+
+// transaction runs RCPT, DATA and the body once MAIL is accepted. From here
+// on every recipient's outcome is decided by this session.
+func (s *session) transaction(ctx context.Context, c *smtp.Client, conn *sessionConn) *deliveryerr.Error {
+	var accepted []int
+	for k, i := range s.pending {
+		err := c.Rcpt(s.env.To[i], nil)
+		if err == nil {
+			accepted = append(accepted, i)
+			continue
+		}
+		var se *smtp.SMTPError
+		if errors.As(err, &se) {
+			s.res.Recipients[i] = RcptResult{Err: fromSMTP(se)}
+			continue
+		}
+		de := netFailure(ctx, "4.4.2", "connection dropped during RCPT", err)
+		s.res.failAll(accepted, de)
+		s.res.failAll(s.pending[k:], de)
+		return de
+	}
+	if len(accepted) == 0 {
+		s.quit(c)
+		return nil
+	}
+
+	w, err := c.Data()
+	if err != nil {
+		return s.dataFailed(ctx, c, accepted, err, "connection dropped during DATA")
+	}
+	if err := writeBody(conn, w, s.body, s.cfg.CommandTimeout); err != nil {
+		de := netFailure(ctx, "4.4.2", "connection dropped during DATA", err)
+		s.res.failAll(accepted, de)
+		return de
+	}
+	readsBefore := conn.reads
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		var se *smtp.SMTPError
+		if !errors.As(err, &se) && conn.reads > readsBefore {
+			// The final dot went out (the client only reads after
+			// writing it) but no reply came back: the server may have
+			// taken the message.
+			de := netFailure(ctx, "4.4.2", "no reply after end of data; the message may have been delivered", err)
+			for _, i := range accepted {
+				s.res.Recipients[i] = RcptResult{Err: de, PossibleDuplicate: true}
+			}
+			return de
+		}
+		return s.dataFailed(ctx, c, accepted, err, "connection dropped during DATA")
+	}
+	s.res.Reply = parseReply(250, resp.StatusText)
+	for _, i := range accepted {
+		s.res.Recipients[i] = RcptResult{Delivered: true}
+	}
+	s.quit(c)
+	return nil
+}
+
+// dataFailed records a failed DATA command or final reply for the accepted
+// recipients: the server's reply if there was one, else a dropped
+// connection.
+func (s *session) dataFailed(ctx context.Context, c *smtp.Client, accepted []int, err error, dropped string) *deliveryerr.Error {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		de := fromSMTP(se)
+		s.res.failAll(accepted, de)
+		s.quit(c)
+		return de
+	}
+	de := netFailure(ctx, "4.4.2", dropped, err)
+	s.res.failAll(accepted, de)
+	return de
+}
+
+// early classifies a failure before RCPT: a 5xx reply is final for every
+// recipient (and, at MAIL, deliberately not remembered for other messages);
+// a 4xx reply or a network error lets the caller try the next target.
+func (s *session) early(ctx context.Context, err error, phase string) (bool, *deliveryerr.Error) {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		de := fromSMTP(se)
+		if de.Temporary() {
+			return false, de
+		}
+		s.res.failAll(s.pending, de)
+		return true, de
+	}
+	return false, netFailure(ctx, "4.4.2", "connection dropped during "+phase, err)
+}
+
+// startTLS upgrades the connection. go-smtp only offers STARTTLS as part of
+// its own dialling, before our EHLO name is set, so the command is spoken
+// here and a new client continues over TLS. A nil client with a nil error
+// means the server refused STARTTLS and the session continues in plain text
+// on the old client, as RFC 3207 §4 allows opportunistic clients to do.
+func (s *session) startTLS(ctx context.Context, conn *sessionConn) (*smtp.Client, bool, *deliveryerr.Error) {
+	_ = conn.SetDeadline(time.Now().Add(s.cfg.CommandTimeout))
+	if _, err := io.WriteString(conn, "STARTTLS\r\n"); err != nil {
+		return nil, false, netFailure(ctx, "4.4.2", "connection dropped during STARTTLS", err)
+	}
+	// The go-smtp client's buffer is empty here: it has read the EHLO reply
+	// and the server may not send anything before our next command.
+	br := bufio.NewReader(conn)
+	code, msg, err := textproto.NewReader(br).ReadResponse(220)
+	var pe *textproto.Error
+	switch {
+	case errors.As(err, &pe) && code != 421 && br.Buffered() == 0:
+		_ = conn.SetDeadline(time.Time{})
+		return nil, false, nil
+	case errors.As(err, &pe):
+		// 421: the server is closing the connection; try the next target.
+		return nil, false, parseReply(code, msg)
+	case err != nil:
+		return nil, false, netFailure(ctx, "4.4.2", "connection dropped during STARTTLS", err)
+	case br.Buffered() > 0:
+		// Bytes after the 220 were sent in plain text and would be read
+		// as if they came over TLS (STARTTLS command injection, CVE-2011-0411).
+		return nil, false, deliveryerr.Temporary(451, "4.7.0", "unexpected data after STARTTLS reply",
+			errors.New("smtpout: plaintext data after 220 to STARTTLS"))
+	}
+
+	host := strings.TrimSuffix(s.target.Host, ".")
+	var cfg *tls.Config
+	if s.cfg.TLSConfig != nil {
+		cfg = s.cfg.TLSConfig.Clone()
+	} else {
+		cfg = &tls.Config{}
+	}
+	cfg.ServerName = host
+	// Opportunistic TLS (RFC 7435): any certificate is better than plain
+	// text, so verification is recorded instead of enforced.
+	cfg.InsecureSkipVerify = true
+	verified := false
+	roots := cfg.RootCAs
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		verified = verifyPeer(cs, roots, host)
+		return nil
+	}
+	tc := tls.Client(conn, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, false, deliveryerr.Temporary(451, "4.7.5", "TLS handshake failed", err)
+	}
+	_ = conn.SetDeadline(time.Time{})
+	state := tc.ConnectionState()
+	s.res.TLS = TLSInfo{
+		Version:  tls.VersionName(state.Version),
+		Cipher:   tls.CipherSuiteName(state.CipherSuite),
+		Verified: verified,
+	}
+
+	// The new client expects a banner; the server sends none after
+	// STARTTLS, so one is supplied locally. EHLO is then repeated as RFC
+	// 3207 §4.2 requires.
+	c := s.newClient(&greetedConn{Conn: tc, greeting: strings.NewReader("220 TLS session started\r\n")})
+	if err := c.Hello(s.cfg.HelloName); err != nil {
+		final, de := s.early(ctx, err, "EHLO after STARTTLS")
+		return nil, final, de
+	}
+	return c, false, nil
+}
+
+func (s *session) newClient(conn net.Conn) *smtp.Client {
+	c := smtp.NewClient(conn)
+	c.CommandTimeout = s.cfg.CommandTimeout
+	c.SubmissionTimeout = s.cfg.DataTimeout
+	return c
+}
+
+// quit ends the session politely; its failure changes nothing.
+func (s *session) quit(c *smtp.Client) {
+	c.CommandTimeout = min(s.cfg.CommandTimeout, quitTimeout)
+	_ = c.Quit()
+}
+
+func verifyPeer(cs tls.ConnectionState, roots *x509.CertPool, host string) bool {
+	if host == "" || len(cs.PeerCertificates) == 0 {
+		return false
+	}
+	inter := x509.NewCertPool()
+	for _, cert := range cs.PeerCertificates[1:] {
+		inter.AddCert(cert)
+	}
+	_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
+		Roots:         roots,
+		DNSName:       host,
+		Intermediates: inter,
+	})
+	return err == nil
+}
+
+// writeBody writes body in chunks, each under its own write deadline.
+func writeBody(conn *sessionConn, w io.Writer, body []byte, timeout time.Duration) error {
+	for len(body) > 0 {
+		n := min(len(body), bodyChunk)
+		_ = conn.SetWriteDeadline(time.Now().Add(timeout))
+		if _, err := w.Write(body[:n]); err != nil {
+			return err
+		}
+		body = body[n:]
+	}
+	return nil
+}
+
+// netFailure synthesises the temporary error for a failure without a reply.
+func netFailure(ctx context.Context, enhanced, msg string, err error) *deliveryerr.Error {
+	if ctx.Err() != nil {
+		return deliveryerr.Temporary(451, enhanced, "delivery attempt cancelled: "+msg, errors.Join(err, context.Cause(ctx)))
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		msg = "timeout: " + msg
+	}
+	return deliveryerr.Temporary(451, enhanced, msg, err)
+}
+
+// fromSMTP converts a server reply.
+func fromSMTP(e *smtp.SMTPError) *deliveryerr.Error {
+	enhanced := ""
+	if ec := e.EnhancedCode; ec != smtp.NoEnhancedCode && ec != smtp.EnhancedCodeNotSet {
+		enhanced = deliveryerr.FormatEnhanced(ec[0], ec[1], ec[2])
+	}
+	return &deliveryerr.Error{
+		Code:     e.Code,
+		Enhanced: enhanced,
+		Message:  strings.ReplaceAll(e.Message, "\n", " "),
+		Remote:   true,
+	}
+}
+
+// parseReply builds a reply record from a code and its text, splitting off
+// a leading enhanced status code as go-smtp does for the errors it returns.
+func parseReply(code int, text string) *deliveryerr.Error {
+	text = strings.ReplaceAll(text, "\n", " ")
+	r := &deliveryerr.Error{Code: code, Message: text, Remote: true}
+	first, rest, _ := strings.Cut(text, " ")
+	var class, subject, detail int
+	if n, err := fmt.Sscanf(first, "%d.%d.%d", &class, &subject, &detail); err == nil && n == 3 &&
+		(class == 2 || class == 4 || class == 5) && fmt.Sprintf("%d.%d.%d", class, subject, detail) == first {
+		r.Enhanced = first
+		r.Message = rest
+	}
+	return r
+}

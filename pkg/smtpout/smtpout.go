@@ -1,0 +1,303 @@
+// Package smtpout delivers one message over SMTP to the mail exchangers of one
+// destination domain: it tries the given targets in order, negotiates
+// opportunistic STARTTLS, sends the envelope and the body, and reports a
+// per-recipient outcome as *deliveryerr.Error values.
+//
+// It does not resolve MX records, choose or order targets, retry later,
+// enforce MTA-STS or DANE, or queue anything: callers pass the targets and
+// decide what to do with temporary failures. It is built on the
+// github.com/emersion/go-smtp client and adds what that client lacks:
+// contexts, per-phase deadlines and reply classification.
+package smtpout
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/postflow/postflow/pkg/deliveryerr"
+)
+
+// Defaults for Config. The timeouts follow RFC 5321 §4.5.3.2 and Postfix,
+// which the RFC's minimums were written for: a shorter wait after the final
+// dot makes duplicate deliveries more likely.
+const (
+	// DefaultConnectTimeout is Postfix's smtp_connect_timeout.
+	DefaultConnectTimeout = 30 * time.Second
+	// DefaultCommandTimeout is the RFC 5321 §4.5.3.2 minimum for the banner,
+	// MAIL and RCPT replies (5 minutes); it also bounds EHLO, STARTTLS, the
+	// 354 reply to DATA and each block of the body.
+	DefaultCommandTimeout = 5 * time.Minute
+	// DefaultDataTimeout is the RFC 5321 §4.5.3.2.6 minimum wait for the
+	// reply after the final dot (10 minutes).
+	DefaultDataTimeout = 10 * time.Minute
+	// DefaultMaxSessions is Postfix's smtp_mx_session_limit: how many hosts
+	// one delivery attempt may try before it gives up until the next retry.
+	DefaultMaxSessions = 2
+)
+
+// quitTimeout bounds the wait for the reply to QUIT. The outcome is decided
+// by then, so a slow QUIT must not hold the caller for a command timeout.
+const quitTimeout = 30 * time.Second
+
+// Target is one host to try: Addr is dialled as is (never resolved again)
+// and Host is the name the address was found under, used for SNI and for
+// certificate verification.
+type Target struct {
+	Host string
+	Addr netip.AddrPort
+}
+
+// Config configures a Client. Zero fields take the defaults above.
+type Config struct {
+	// HelloName is sent with EHLO. Default: os.Hostname, or "localhost" if
+	// that fails.
+	HelloName string
+	// ConnectTimeout bounds the TCP connect. Default DefaultConnectTimeout.
+	ConnectTimeout time.Duration
+	// CommandTimeout bounds the wait for each reply before the body and for
+	// each write of the body. Default DefaultCommandTimeout.
+	CommandTimeout time.Duration
+	// DataTimeout bounds the wait for the reply after the final dot.
+	// Default DefaultDataTimeout.
+	DataTimeout time.Duration
+	// TLSConfig is the base configuration for STARTTLS; its RootCAs decide
+	// whether a certificate counts as verified (nil means the system pool).
+	// ServerName, InsecureSkipVerify and VerifyConnection are set per target.
+	TLSConfig *tls.Config
+	// MaxSessions caps how many targets one Deliver call connects to.
+	// Default DefaultMaxSessions.
+	MaxSessions int
+	// Dialer opens TCP connections. Default (&net.Dialer{}).DialContext.
+	Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// Validate reports every invalid field, joined. Zero values are valid: they
+// select the defaults.
+func (cfg Config) Validate() error {
+	var errs []error
+	if strings.ContainsAny(cfg.HelloName, " \t\r\n") {
+		errs = append(errs, errors.New("smtpout: hello name must not contain white space"))
+	}
+	if cfg.ConnectTimeout < 0 {
+		errs = append(errs, errors.New("smtpout: connect timeout must not be negative"))
+	}
+	if cfg.CommandTimeout < 0 {
+		errs = append(errs, errors.New("smtpout: command timeout must not be negative"))
+	}
+	if cfg.DataTimeout < 0 {
+		errs = append(errs, errors.New("smtpout: data timeout must not be negative"))
+	}
+	if cfg.MaxSessions < 0 {
+		errs = append(errs, errors.New("smtpout: max sessions must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+func (cfg Config) withDefaults() Config {
+	if cfg.HelloName == "" || strings.ContainsAny(cfg.HelloName, " \t\r\n") {
+		cfg.HelloName = "localhost"
+		if h, err := os.Hostname(); err == nil && h != "" && !strings.ContainsAny(h, " \t\r\n") {
+			cfg.HelloName = h
+		}
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	if cfg.CommandTimeout <= 0 {
+		cfg.CommandTimeout = DefaultCommandTimeout
+	}
+	if cfg.DataTimeout <= 0 {
+		cfg.DataTimeout = DefaultDataTimeout
+	}
+	if cfg.MaxSessions <= 0 {
+		cfg.MaxSessions = DefaultMaxSessions
+	}
+	if cfg.Dialer == nil {
+		cfg.Dialer = (&net.Dialer{}).DialContext
+	}
+	return cfg
+}
+
+// Client delivers messages. It holds no connections between calls and is
+// safe for concurrent use.
+type Client struct {
+	cfg Config
+}
+
+// New returns a Client. Zero or invalid fields of cfg are replaced by their
+// defaults; call Config.Validate first to reject bad configuration.
+func New(cfg Config) *Client {
+	return &Client{cfg: cfg.withDefaults()}
+}
+
+// Envelope is the SMTP envelope of one message.
+type Envelope struct {
+	// From is the reverse-path; empty means the null sender <>.
+	From string
+	// To lists the recipients, all at the domain the targets serve.
+	To []string
+	// SMTPUTF8 requests the RFC 6531 extension; a server without it fails
+	// every recipient permanently with 5.6.7.
+	SMTPUTF8 bool
+}
+
+// TLSInfo describes the STARTTLS session, if any. Version and Cipher are
+// empty when the session ran in plain text.
+type TLSInfo struct {
+	Version string
+	Cipher  string
+	// Verified reports whether the certificate chained to the configured
+	// roots and matched Target.Host. Delivery does not depend on it.
+	Verified bool
+}
+
+// RcptResult is the outcome for one recipient.
+type RcptResult struct {
+	// Delivered reports that the server accepted the message for this
+	// recipient after the final dot.
+	Delivered bool
+	// Err is a *deliveryerr.Error when Delivered is false.
+	Err error
+	// PossibleDuplicate reports that the whole body and the final dot were
+	// sent but no reply arrived, so the server may have accepted the message
+	// and a retry may deliver it twice.
+	PossibleDuplicate bool
+}
+
+// Result is the outcome of one Deliver call.
+type Result struct {
+	// Target is the host that produced the final outcome: the one that got
+	// past MAIL, or the last one tried.
+	Target Target
+	// TLS describes the session with Target.
+	TLS TLSInfo
+	// Recipients has one entry per Envelope.To, in the same order.
+	Recipients []RcptResult
+	// Reply is the server's 250 reply after the final dot when at least one
+	// recipient was delivered, nil otherwise.
+	Reply *deliveryerr.Error
+}
+
+// Deliver makes one delivery attempt of body to env.To through targets. body
+// must be the complete message with CRLF line endings; any bare CR or LF is
+// sent as CRLF so that none reaches the wire.
+//
+// Targets are tried in order, at most MaxSessions of them. A failed connect,
+// a 4xx reply to the banner, EHLO, STARTTLS or MAIL, or a dropped connection
+// before RCPT moves on to the next target; a 5xx reply to the banner, EHLO or
+// MAIL fails every recipient permanently. The first session that gets past
+// MAIL decides every recipient's outcome for this attempt. When ctx ends the
+// session is aborted and the unfinished recipients fail temporarily.
+//
+// Every failure is a *deliveryerr.Error: the server's reply (Remote set), or
+// for local and network failures a synthesised one, temporary unless retrying
+// cannot help.
+func (c *Client) Deliver(ctx context.Context, targets []Target, env Envelope, body []byte) Result {
+	res := Result{Recipients: make([]RcptResult, len(env.To))}
+	if len(env.To) == 0 {
+		return res
+	}
+	if !validPath(env.From) {
+		res.failAll(allIndexes(len(env.To)), deliveryerr.Permanent(553, "5.1.7", "invalid sender address", nil))
+		return res
+	}
+	var pending []int
+	for i, rcpt := range env.To {
+		if rcpt == "" || !validPath(rcpt) {
+			res.Recipients[i].Err = deliveryerr.Permanent(553, "5.1.3", "invalid recipient address", nil)
+			continue
+		}
+		pending = append(pending, i)
+	}
+	if len(pending) == 0 {
+		return res
+	}
+	if len(targets) == 0 {
+		res.failAll(pending, deliveryerr.Temporary(451, "4.4.4", "no delivery targets", nil))
+		return res
+	}
+	body = canonicalCRLF(body)
+
+	var last *deliveryerr.Error
+	for _, t := range targets[:min(len(targets), c.cfg.MaxSessions)] {
+		res.Target = t
+		res.TLS = TLSInfo{}
+		s := &session{cfg: &c.cfg, target: t, env: env, body: body, pending: pending, res: &res}
+		final, err := s.run(ctx)
+		if final {
+			return res
+		}
+		last = err
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	res.failAll(pending, last)
+	return res
+}
+
+func (r *Result) failAll(idx []int, err *deliveryerr.Error) {
+	for _, i := range idx {
+		r.Recipients[i] = RcptResult{Err: err}
+	}
+}
+
+func allIndexes(n int) []int {
+	idx := make([]int, n)
+	for i := range idx {
+		idx[i] = i
+	}
+	return idx
+}
+
+// validPath rejects what would corrupt the command line: go-smtp writes the
+// address between angle brackets without checking it.
+func validPath(addr string) bool {
+	return !strings.ContainsAny(addr, "<>\r\n\x00\t")
+}
+
+// canonicalCRLF returns body with every bare CR and bare LF replaced by CRLF.
+// The DotWriter only repairs bare LF, and a bare CR on the wire enables SMTP
+// smuggling. A canonical body is returned unchanged without copying.
+func canonicalCRLF(body []byte) []byte {
+	canonical := true
+	for i, b := range body {
+		switch b {
+		case '\r':
+			if i+1 >= len(body) || body[i+1] != '\n' {
+				canonical = false
+			}
+		case '\n':
+			if i == 0 || body[i-1] != '\r' {
+				canonical = false
+			}
+		}
+		if !canonical {
+			break
+		}
+	}
+	if canonical {
+		return body
+	}
+	out := make([]byte, 0, len(body)+len(body)/32+2)
+	for i := 0; i < len(body); i++ {
+		switch b := body[i]; b {
+		case '\r':
+			out = append(out, '\r', '\n')
+			if i+1 < len(body) && body[i+1] == '\n' {
+				i++
+			}
+		case '\n':
+			out = append(out, '\r', '\n')
+		default:
+			out = append(out, b)
+		}
+	}
+	return out
+}
