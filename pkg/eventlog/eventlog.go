@@ -111,40 +111,33 @@ type Reader struct {
 func NewReader(js jetstream.JetStream) *Reader { return &Reader{js: js} }
 
 // Message returns every event of one message in stream order, or
-// ErrNotFound.
+// ErrNotFound. It walks the message's subjects with direct gets (the stream
+// allows them, so any replica answers), one round trip per event plus one:
+// no consumer is created, so status reads leave nothing behind on the server.
 func (r *Reader) Message(ctx context.Context, tenant, messageID string) ([]*postflowv1.Event, error) {
-	cons, err := r.js.OrderedConsumer(ctx, queue.EventsStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{queue.MessageEventsFilter(tenant, messageID)},
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-	})
+	st, err := r.js.Stream(ctx, queue.EventsStream)
 	if err != nil {
-		return nil, fmt.Errorf("eventlog: read %s: %w", messageID, err)
+		return nil, fmt.Errorf("eventlog: %w", err)
 	}
-	pending := cons.CachedInfo().NumPending
-	if pending == 0 {
-		return nil, ErrNotFound
-	}
-	evs := make([]*postflowv1.Event, 0, pending)
-	for uint64(len(evs)) < pending {
-		batch, err := cons.Fetch(int(pending)-len(evs), jetstream.FetchContext(ctx))
+	filter := queue.MessageEventsFilter(tenant, messageID)
+	var evs []*postflowv1.Event
+	for seq := uint64(1); ; {
+		raw, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(filter))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
 		if err != nil {
 			return nil, fmt.Errorf("eventlog: read %s: %w", messageID, err)
 		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			ev := &postflowv1.Event{}
-			if err := proto.Unmarshal(m.Data(), ev); err != nil {
-				return nil, fmt.Errorf("eventlog: decode event %s: %w", m.Subject(), err)
-			}
-			evs = append(evs, ev)
+		ev := &postflowv1.Event{}
+		if err := proto.Unmarshal(raw.Data, ev); err != nil {
+			return nil, fmt.Errorf("eventlog: decode event %s: %w", raw.Subject, err)
 		}
-		if err := batch.Error(); err != nil {
-			return nil, fmt.Errorf("eventlog: read %s: %w", messageID, err)
-		}
-		if n == 0 {
-			return nil, fmt.Errorf("eventlog: read %s: %d events missing", messageID, int(pending)-len(evs))
-		}
+		evs = append(evs, ev)
+		seq = raw.Sequence + 1
+	}
+	if len(evs) == 0 {
+		return nil, ErrNotFound
 	}
 	return evs, nil
 }

@@ -1,0 +1,682 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-message/mail"
+	"github.com/emersion/go-smtp"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/postflow/postflow/pkg/eventlog"
+	"github.com/postflow/postflow/pkg/queue"
+	"github.com/postflow/postflow/pkg/testenv"
+	postflowv1 "github.com/postflow/postflow/proto/postflow/v1"
+)
+
+// spans records every span of the test binary; one trace must run from
+// Send to the SMTP attempt.
+var spans = tracetest.NewSpanRecorder()
+
+func TestMain(m *testing.M) {
+	otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans)))
+	os.Exit(m.Run())
+}
+
+const zone = `
+example.test.      60 IN MX 10 mx.example.test.
+mx.example.test.   60 IN A  127.0.0.1
+other.test.        60 IN MX 10 mx.other.test.
+mx.other.test.     60 IN A  127.0.0.1
+`
+
+// stack is a Postflow under test: real JetStream, DNS and SMTP sink on
+// loopback, and the roles wired exactly as `postflow serve` wires them.
+type stack struct {
+	t      *testing.T
+	js     *testenv.JetStream
+	dns    *testenv.DNSServer
+	sink   *testenv.SMTPSink
+	cfg    serveConfig
+	mail   postflowv1.MailServiceClient
+	status postflowv1.StatusServiceClient
+	stream jetstream.JetStream
+	api    *runningApp
+}
+
+type runningApp struct {
+	app    *app
+	cancel context.CancelFunc
+	done   chan struct{} // closed when run returned, with its error in err
+	err    error
+}
+
+// stop shuts the app down gracefully and waits for it.
+func (r *runningApp) stop(t *testing.T) {
+	t.Helper()
+	r.cancel()
+	select {
+	case <-r.done:
+		if r.err != nil {
+			t.Errorf("app returned %v", r.err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("app did not stop within 60s")
+	}
+}
+
+type stackOpt func(*serveConfig)
+
+func startStack(t *testing.T, script testenv.SinkScript, opts ...stackOpt) *stack {
+	t.Helper()
+	s := &stack{t: t, js: testenv.StartJetStream(t), dns: testenv.StartDNS(t, zone), sink: testenv.StartSMTPSink(t, script)}
+	cfg := defaultServeConfig()
+	cfg.NATSURL = s.js.URL
+	cfg.GRPCAddr = "127.0.0.1:0"
+	cfg.HTTPAddr = "127.0.0.1:0"
+	cfg.DNSServer = s.dns.Addr()
+	cfg.SMTPPort = int(s.sink.Addr().Port())
+	cfg.AllowPrivateMX = true
+	cfg.Simulator = false
+	cfg.RetryMin = 50 * time.Millisecond
+	cfg.RetryMax = 200 * time.Millisecond
+	cfg.ShutdownTimeout = 20 * time.Second
+	cfg.Hostname = "postflow.test"
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if err := cfg.finish(); err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	s.cfg = cfg
+	s.api = s.startApp(cfg)
+	conn, err := grpc.NewClient(s.api.app.grpcLis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	s.mail = postflowv1.NewMailServiceClient(conn)
+	s.status = postflowv1.NewStatusServiceClient(conn)
+	nc := s.js.Connect(t)
+	if s.stream, err = jetstream.New(nc); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// startApp starts one postflow process (in-process) with cfg.
+func (s *stack) startApp(cfg serveConfig) *runningApp {
+	s.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	a, err := newApp(ctx, cfg, log, http.NotFoundHandler())
+	if err != nil {
+		cancel()
+		s.t.Fatalf("newApp: %v", err)
+	}
+	r := &runningApp{app: a, cancel: cancel, done: make(chan struct{})}
+	go func() { r.err = a.run(ctx); close(r.done) }()
+	s.t.Cleanup(func() {
+		cancel()
+		<-r.done
+	})
+	return r
+}
+
+func (s *stack) send(req *postflowv1.SendRequest) *postflowv1.SendResponse {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := s.mail.Send(ctx, req)
+	if err != nil {
+		s.t.Fatalf("Send(%v): %v", req.GetTo(), err)
+	}
+	return resp
+}
+
+// waitFinal polls GetMessage until every recipient is final.
+func (s *stack) waitFinal(id string, timeout time.Duration) *postflowv1.GetMessageResponse {
+	s.t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last *postflowv1.GetMessageResponse
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		resp, err := s.status.GetMessage(ctx, &postflowv1.GetMessageRequest{MessageId: id})
+		cancel()
+		if err == nil {
+			last = resp
+			if allFinal(resp) {
+				return resp
+			}
+		}
+		time.Sleep(20 * time.Millisecond) //nolint:forbidigo // poll interval under a deadline
+	}
+	s.t.Fatalf("message %s not final within %v; last status: %v", id, timeout, last)
+	return nil
+}
+
+// outboundMsgs is the number of jobs in OUTBOUND.
+func (s *stack) outboundMsgs() uint64 {
+	s.t.Helper()
+	st, err := s.stream.Stream(context.Background(), queue.OutboundStream)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	info, err := st.Info(context.Background())
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+func stateOf(t *testing.T, resp *postflowv1.GetMessageResponse, i int) postflowv1.RecipientState {
+	t.Helper()
+	if len(resp.GetRecipients()) <= i {
+		t.Fatalf("GetMessage has %d recipients, want > %d", len(resp.GetRecipients()), i)
+	}
+	return resp.GetRecipients()[i].GetState()
+}
+
+func TestSendRawIsDeliveredByteIdentical(t *testing.T) {
+	s := startStack(t, testenv.SinkScript{})
+	raw := "From: Me <me@sender.test>\r\nTo: you@example.test\r\nSubject: raw\r\n" +
+		"Date: Thu, 26 Nov 2026 10:00:00 +0000\r\nMessage-ID: <raw-1@sender.test>\r\n" +
+		"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" +
+		"Hello.\r\n.leading dot must survive dot-stuffing\r\nÜmlaut line\r\n"
+	resp := s.send(&postflowv1.SendRequest{From: "me@sender.test", To: []string{"you@example.test"}, Raw: []byte(raw)})
+	st := s.waitFinal(resp.GetMessageId(), 30*time.Second)
+	if got := stateOf(t, st, 0); got != postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED {
+		t.Fatalf("state = %v, want DELIVERED", got)
+	}
+	msgs := s.sink.Messages()
+	if len(msgs) != 1 {
+		t.Fatalf("sink received %d messages, want 1", len(msgs))
+	}
+	if !bytes.Equal(msgs[0].Data, []byte(raw)) {
+		t.Errorf("body at sink differs from the raw message sent:\n got %q\nwant %q", msgs[0].Data, raw)
+	}
+	if msgs[0].From != "me@sender.test" || strings.Join(msgs[0].To, ",") != "you@example.test" {
+		t.Errorf("envelope = %s -> %v, want me@sender.test -> [you@example.test]", msgs[0].From, msgs[0].To)
+	}
+	r := st.GetRecipients()[0]
+	if r.GetLastReply().GetCode() != 250 || r.GetMxHost() != "mx.example.test" || r.GetAttempts() != 1 {
+		t.Errorf("status = reply %v, mx %q, attempts %d; want 250 from mx.example.test after 1 attempt", r.GetLastReply(), r.GetMxHost(), r.GetAttempts())
+	}
+}
+
+func TestSendStructuredBuildsMIME(t *testing.T) {
+	s := startStack(t, testenv.SinkScript{})
+	resp := s.send(&postflowv1.SendRequest{
+		From: "Sender Name <me@sender.test>", To: []string{"a@example.test"}, Cc: []string{"b@other.test"},
+		Bcc: []string{"hidden@example.test"}, Subject: "Grüße", Text: "plain body", Html: "<p>html body</p>",
+		Headers: []*postflowv1.Header{{Name: "X-Campaign", Value: "c1"}},
+	})
+	if len(resp.GetRecipients()) != 3 {
+		t.Fatalf("Send returned %d recipients, want 3", len(resp.GetRecipients()))
+	}
+	st := s.waitFinal(resp.GetMessageId(), 30*time.Second)
+	for i := range 3 {
+		if got := stateOf(t, st, i); got != postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED {
+			t.Errorf("recipient %d state = %v, want DELIVERED", i, got)
+		}
+	}
+	// Two domains: two transactions; example.test's carries both of its
+	// recipients.
+	msgs := s.sink.Messages()
+	if len(msgs) != 2 {
+		t.Fatalf("sink received %d transactions, want 2 (one per domain)", len(msgs))
+	}
+	for _, m := range msgs {
+		if bytes.Contains(m.Data, []byte("hidden@example.test")) {
+			t.Errorf("Bcc address appears in the message data")
+		}
+		mr, err := mail.CreateReader(bytes.NewReader(m.Data))
+		if err != nil {
+			t.Fatalf("sink data is not a parseable message: %v", err)
+		}
+		subj, _ := mr.Header.Subject()
+		if subj != "Grüße" {
+			t.Errorf("Subject = %q, want Grüße", subj)
+		}
+		if mr.Header.Get("X-Campaign") != "c1" || mr.Header.Get("Message-Id") == "" || mr.Header.Get("Date") == "" {
+			t.Errorf("headers missing: X-Campaign=%q Message-Id=%q Date=%q", mr.Header.Get("X-Campaign"), mr.Header.Get("Message-Id"), mr.Header.Get("Date"))
+		}
+		var parts []string
+		for {
+			p, err := mr.NextPart()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(p.Body)
+			parts = append(parts, string(b))
+		}
+		if strings.Join(parts, "|") != "plain body|<p>html body</p>" {
+			t.Errorf("parts = %q, want text then html", parts)
+		}
+	}
+}
+
+func TestTempfailTwiceThenDelivered(t *testing.T) {
+	s := startStack(t, testenv.SinkScript{Rcpt: func(addr string, n int) *smtp.SMTPError {
+		if n < 2 {
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "greylisted, try later"}
+		}
+		return nil
+	}})
+	resp := s.send(&postflowv1.SendRequest{From: "me@sender.test", To: []string{"grey@example.test"}, Subject: "s", Text: "t"})
+	st := s.waitFinal(resp.GetMessageId(), 30*time.Second)
+	r := st.GetRecipients()[0]
+	if r.GetState() != postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED || r.GetAttempts() != 3 {
+		t.Fatalf("state %v after %d attempts, want DELIVERED after 3", r.GetState(), r.GetAttempts())
+	}
+	var deferred int
+	for _, ev := range r.GetEvents() {
+		if ev.GetState() == postflowv1.RecipientState_RECIPIENT_STATE_DEFERRED {
+			deferred++
+			if ev.GetReply().GetCode() != 451 || ev.GetReply().GetEnhancedCode() != "4.7.1" || ev.GetNextAttemptAt() == nil {
+				t.Errorf("deferred event = %v, want 451 4.7.1 with a next attempt time", ev)
+			}
+		}
+	}
+	if deferred != 2 {
+		t.Errorf("deferred events = %d, want 2", deferred)
+	}
+	if s.sink.Count() != 1 {
+		t.Errorf("sink received %d messages, want 1", s.sink.Count())
+	}
+}
+
+func TestPermanentFailureBouncesWithoutRetry(t *testing.T) {
+	s := startStack(t, testenv.SinkScript{Rcpt: func(addr string, n int) *smtp.SMTPError {
+		if strings.HasPrefix(addr, "nobody@") {
+			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
+		}
+		return nil
+	}})
+	resp := s.send(&postflowv1.SendRequest{From: "me@sender.test", To: []string{"nobody@example.test", "ok@example.test"}, Subject: "s", Text: "t"})
+	st := s.waitFinal(resp.GetMessageId(), 30*time.Second)
+	if got := stateOf(t, st, 0); got != postflowv1.RecipientState_RECIPIENT_STATE_BOUNCED {
+		t.Errorf("nobody@: state %v, want BOUNCED", got)
+	}
+	if got := stateOf(t, st, 1); got != postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED {
+		t.Errorf("ok@: state %v, want DELIVERED", got)
+	}
+	rep := st.GetRecipients()[0].GetLastReply()
+	if rep.GetCode() != 550 || rep.GetEnhancedCode() != "5.1.1" || !strings.Contains(rep.GetText(), "no such user") || !rep.GetRemote() {
+		t.Errorf("bounce reply = %v, want the remote 550 5.1.1", rep)
+	}
+	// No further attempt can happen: the job left the work queue and no
+	// delivery is pending.
+	s.waitQueueEmpty(10 * time.Second)
+	if n := s.sink.RcptAttempts("nobody@example.test"); n != 1 {
+		t.Errorf("RCPT attempts for the bounced recipient = %d, want 1", n)
+	}
+}
+
+// waitQueueEmpty polls until OUTBOUND holds no job and nothing is pending
+// acknowledgement.
+func (s *stack) waitQueueEmpty(timeout time.Duration) {
+	s.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		cons, err := s.stream.Consumer(context.Background(), queue.OutboundStream, queue.WorkerConsumer)
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		info, err := cons.Info(context.Background())
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		if s.outboundMsgs() == 0 && info.NumAckPending == 0 && info.NumPending == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("OUTBOUND not empty after %v: %d jobs, %d ack pending", timeout, s.outboundMsgs(), info.NumAckPending)
+		}
+		time.Sleep(20 * time.Millisecond) //nolint:forbidigo // poll interval under a deadline
+	}
+}
+
+func TestDNSFailuresBounce(t *testing.T) {
+	s := startStack(t, testenv.SinkScript{})
+	resp := s.send(&postflowv1.SendRequest{From: "me@sender.test", To: []string{"x@nowhere.test"}, Subject: "s", Text: "t"})
+	st := s.waitFinal(resp.GetMessageId(), 30*time.Second)
+	r := st.GetRecipients()[0]
+	if r.GetState() != postflowv1.RecipientState_RECIPIENT_STATE_BOUNCED || r.GetLastReply().GetEnhancedCode() != "5.1.2" {
+		t.Errorf("NXDOMAIN: state %v reply %v, want BOUNCED 5.1.2", r.GetState(), r.GetLastReply())
+	}
+	if s.sink.Sessions() != 0 {
+		t.Errorf("sink saw %d sessions for an NXDOMAIN recipient, want 0", s.sink.Sessions())
+	}
+}
+
+func TestPrivateMXNeverDialedWithoutAllowPrivate(t *testing.T) {
+	s := startStack(t, testenv.SinkScript{}, func(c *serveConfig) { c.AllowPrivateMX = false })
+	resp := s.send(&postflowv1.SendRequest{From: "me@sender.test", To: []string{"x@example.test"}, Subject: "s", Text: "t"})
+	st := s.waitFinal(resp.GetMessageId(), 30*time.Second)
+	r := st.GetRecipients()[0]
+	if r.GetState() != postflowv1.RecipientState_RECIPIENT_STATE_BOUNCED {
+		t.Errorf("state %v, want BOUNCED", r.GetState())
+	}
+	if s.dns.QueriesFor("mx.example.test.", 1) == 0 {
+		t.Errorf("the MX host's A record was never looked up; the test proves nothing")
+	}
+	if n := s.sink.Sessions(); n != 0 {
+		t.Fatalf("sink on 127.0.0.1 saw %d sessions, want 0 (egress guard)", n)
+	}
+}
+
+func TestIdempotencyKeyQueuesOnce(t *testing.T) {
+	s := startStack(t, testenv.SinkScript{})
+	req := &postflowv1.SendRequest{From: "me@sender.test", To: []string{"x@example.test"}, Subject: "s", Text: "t", IdempotencyKey: "order-42"}
+	a := s.send(req)
+	b := s.send(req)
+	if a.GetMessageId() != b.GetMessageId() {
+		t.Fatalf("same idempotency key gave ids %s and %s", a.GetMessageId(), b.GetMessageId())
+	}
+	s.waitFinal(a.GetMessageId(), 30*time.Second)
+	s.waitQueueEmpty(10 * time.Second)
+	if n := s.sink.Count(); n != 1 {
+		t.Errorf("sink received %d copies, want 1", n)
+	}
+}
+
+func TestOneTraceFromSendToSMTPAttempt(t *testing.T) {
+	s := startStack(t, testenv.SinkScript{})
+	resp := s.send(&postflowv1.SendRequest{From: "me@sender.test", To: []string{"trace@example.test"}, Subject: "s", Text: "t"})
+	s.waitFinal(resp.GetMessageId(), 30*time.Second)
+	var sendTrace, attemptTrace string
+	for _, sp := range spans.Ended() {
+		switch {
+		case sp.Name() == "postflow.v1.MailService/Send":
+			for _, a := range sp.Attributes() {
+				_ = a
+			}
+			sendTrace = sp.SpanContext().TraceID().String()
+		case sp.Name() == "postflow.delivery.attempt":
+			for _, a := range sp.Attributes() {
+				if string(a.Key) == "postflow.message_id" && a.Value.AsString() == resp.GetMessageId() {
+					attemptTrace = sp.SpanContext().TraceID().String()
+				}
+			}
+		}
+	}
+	if attemptTrace == "" {
+		t.Fatal("no postflow.delivery.attempt span for the message")
+	}
+	found := false
+	for _, sp := range spans.Ended() {
+		if sp.Name() == "postflow.v1.MailService/Send" && sp.SpanContext().TraceID().String() == attemptTrace {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("attempt span trace %s matches no Send span (last Send trace %s)", attemptTrace, sendTrace)
+	}
+}
+
+func TestMalformedSendIsRejectedAndQueuesNothing(t *testing.T) {
+	s := startStack(t, testenv.SinkScript{})
+	ok := func() *postflowv1.SendRequest {
+		return &postflowv1.SendRequest{From: "me@sender.test", To: []string{"you@example.test"}, Subject: "s", Text: "t"}
+	}
+	with := func(f func(r *postflowv1.SendRequest)) *postflowv1.SendRequest { r := ok(); f(r); return r }
+	many := func(n int) []string {
+		var out []string
+		for i := range n {
+			out = append(out, fmt.Sprintf("r%d@example.test", i))
+		}
+		return out
+	}
+	tests := []struct {
+		name  string
+		req   *postflowv1.SendRequest
+		field string
+	}{
+		{"CRLF in from", with(func(r *postflowv1.SendRequest) { r.From = "me@sender.test\r\nBcc: x@evil.test" }), "from"},
+		{"LF in to", with(func(r *postflowv1.SendRequest) { r.To = []string{"you@example.test\nRCPT TO:<x@evil.test>"} }), "to[0]"},
+		{"NUL in subject", with(func(r *postflowv1.SendRequest) { r.Subject = "hi\x00there" }), "subject"},
+		{"CR in display name", with(func(r *postflowv1.SendRequest) { r.To = []string{"\"Evil\rName\" <you@example.test>"} }), "to[0]"},
+		{"LF in header value", with(func(r *postflowv1.SendRequest) {
+			r.Headers = []*postflowv1.Header{{Name: "X-A", Value: "v\nBcc: x@evil.test"}}
+		}), "headers[0].value"},
+		{"space in header name", with(func(r *postflowv1.SendRequest) { r.Headers = []*postflowv1.Header{{Name: "X A", Value: "v"}} }), "headers[0].name"},
+		{"colon in header name", with(func(r *postflowv1.SendRequest) { r.Headers = []*postflowv1.Header{{Name: "X:A", Value: "v"}} }), "headers[0].name"},
+		{"source route", with(func(r *postflowv1.SendRequest) { r.To = []string{"@relay.test:you@example.test"} }), "to[0]"},
+		{"local part over 64", with(func(r *postflowv1.SendRequest) { r.To = []string{strings.Repeat("a", 65) + "@example.test"} }), "to[0]"},
+		{"domain over 255", with(func(r *postflowv1.SendRequest) {
+			r.To = []string{"a@" + strings.Repeat(strings.Repeat("b", 60)+".", 5) + "test"}
+		}), "to[0]"},
+		{"address literal", with(func(r *postflowv1.SendRequest) { r.To = []string{"root@[127.0.0.1]"} }), "to[0]"},
+		{"port in domain", with(func(r *postflowv1.SendRequest) { r.To = []string{"a@example.test:2525"} }), "to[0]"},
+		{"percent routing", with(func(r *postflowv1.SendRequest) { r.To = []string{"a%evil.test@example.test"} }), "to[0]"},
+		{"bang routing", with(func(r *postflowv1.SendRequest) { r.Cc = []string{"evil.test!a@example.test"} }), "cc[0]"},
+		{"unbalanced quote", with(func(r *postflowv1.SendRequest) { r.To = []string{"\"abc@example.test"} }), "to[0]"},
+		{"no recipients", with(func(r *postflowv1.SendRequest) { r.To = nil }), "to"},
+		{"too many recipients", with(func(r *postflowv1.SendRequest) { r.To = many(51) }), "to"},
+		{"duplicate recipient", with(func(r *postflowv1.SendRequest) { r.Bcc = []string{"you@example.test"} }), "bcc[0]"},
+		{"reserved header Received", with(func(r *postflowv1.SendRequest) { r.Headers = []*postflowv1.Header{{Name: "Received", Value: "from x"}} }), "headers[0].name"},
+		{"reserved header DKIM-Signature", with(func(r *postflowv1.SendRequest) {
+			r.Headers = []*postflowv1.Header{{Name: "DKIM-Signature", Value: "v=1"}}
+		}), "headers[0].name"},
+		{"Bcc as header", with(func(r *postflowv1.SendRequest) { r.Headers = []*postflowv1.Header{{Name: "Bcc", Value: "x@evil.test"}} }), "headers[0].name"},
+		{"oversized message", with(func(r *postflowv1.SendRequest) { r.Text = strings.Repeat("x", 11<<20) }), "text"},
+		{"raw with subject", with(func(r *postflowv1.SendRequest) { r.Raw = []byte("From: a@b.test\r\n\r\nhi\r\n") }), "subject"},
+		{"missing from", with(func(r *postflowv1.SendRequest) { r.From = "" }), "from"},
+	}
+	beforeJobs := s.outboundMsgs()
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_, err := s.mail.Send(ctx, tc.req, grpc.MaxCallSendMsgSize(64<<20))
+			st := status.Convert(err)
+			if st.Code() != codes.InvalidArgument {
+				t.Fatalf("Send = %v, want INVALID_ARGUMENT", err)
+			}
+			var fields []string
+			for _, d := range st.Details() {
+				if br, ok := d.(*errdetails.BadRequest); ok {
+					for _, v := range br.GetFieldViolations() {
+						fields = append(fields, v.GetField())
+					}
+				}
+			}
+			for _, f := range fields {
+				if f == tc.field {
+					return
+				}
+			}
+			t.Errorf("field violations = %v, want one naming %q (status: %s)", fields, tc.field, st.Message())
+		})
+	}
+	if after := s.outboundMsgs(); after != beforeJobs {
+		t.Errorf("OUTBOUND held %d jobs before the malformed requests and %d after", beforeJobs, after)
+	}
+	st, err := s.stream.Stream(context.Background(), queue.EventsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := st.Info(context.Background())
+	if info.State.Msgs != 0 {
+		t.Errorf("EVENTS holds %d events after only malformed requests, want 0", info.State.Msgs)
+	}
+}
+
+// TestWorkerRestartLosesNothing is TESTPLAN A1 at 1,000 messages with A3's
+// graceful restart: the worker is stopped mid-run and a new one started;
+// every accepted message ends delivered exactly once.
+func TestWorkerRestartLosesNothing(t *testing.T) {
+	const total = 1000
+	s := startStack(t, testenv.SinkScript{}, func(c *serveConfig) { c.Roles = []string{"api"} })
+	workerCfg := s.cfg
+	workerCfg.Roles = []string{"worker"}
+	workerCfg.HTTPAddr = "127.0.0.1:0"
+	workerCfg.Concurrency = 16
+	w1 := s.startApp(workerCfg)
+
+	ids := make([]string, total)
+	var wg sync.WaitGroup
+	errs := make(chan error, total)
+	for g := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := g; i < total; i += 16 {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				resp, err := s.mail.Send(ctx, &postflowv1.SendRequest{
+					From: "me@sender.test", To: []string{fmt.Sprintf("u%d@example.test", i)},
+					Subject: "msg " + strconv.Itoa(i), Text: "body " + strconv.Itoa(i),
+				})
+				cancel()
+				if err != nil {
+					errs <- err
+					return
+				}
+				ids[i] = resp.GetMessageId()
+			}
+		}()
+	}
+	// Stop the first worker part-way through delivery.
+	s.sink.WaitForCount(t, total/5, 60*time.Second)
+	w1.stop(t)
+	stoppedAt := s.sink.Count()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("Send: %v", err)
+	}
+	if stoppedAt >= total {
+		t.Fatalf("all %d messages were delivered before the worker stopped; the restart was not exercised", total)
+	}
+	s.startApp(workerCfg)
+	s.sink.WaitForCount(t, total, 120*time.Second)
+	s.waitQueueEmpty(30 * time.Second)
+
+	// The oracle: per accepted message exactly one receipt, no phantoms, and
+	// status delivered.
+	receipts := map[string]int{}
+	for _, m := range s.sink.Messages() {
+		mr, err := mail.CreateReader(bytes.NewReader(m.Data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		subj, _ := mr.Header.Subject()
+		receipts[subj]++
+	}
+	var lost, dup, phantom int
+	for i := range total {
+		switch n := receipts["msg "+strconv.Itoa(i)]; {
+		case n == 0:
+			lost++
+		case n > 1:
+			dup += n - 1
+		}
+		delete(receipts, "msg "+strconv.Itoa(i))
+	}
+	phantom = len(receipts)
+	if lost != 0 || dup != 0 || phantom != 0 {
+		t.Errorf("lost %d, duplicates %d, phantom %d; want 0, 0, 0 (worker stopped after %d deliveries)", lost, dup, phantom, stoppedAt)
+	}
+	for i, id := range ids {
+		st := s.waitFinal(id, 10*time.Second)
+		if got := stateOf(t, st, 0); got != postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED {
+			t.Fatalf("message %d (%s) state %v, want DELIVERED", i, id, got)
+		}
+	}
+	t.Logf("worker stopped after %d of %d deliveries; all %d delivered once", stoppedAt, total, total)
+}
+
+func TestMailboxSimulator(t *testing.T) {
+	s := startStack(t, testenv.SinkScript{}, func(c *serveConfig) { c.Simulator = true; c.AllowPrivateMX = false })
+	resp := s.send(&postflowv1.SendRequest{
+		From: "me@sender.test",
+		To: []string{"success@simulator.postflow.test", "bounce@simulator.postflow.test",
+			"tempfail+1@simulator.postflow.test", "success+7@simulator.postflow.test"},
+		Subject: "sim", Text: "t",
+	})
+	st := s.waitFinal(resp.GetMessageId(), 30*time.Second)
+	want := []struct {
+		state    postflowv1.RecipientState
+		attempts int32
+		code     int32
+	}{
+		{postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED, 1, 250},
+		{postflowv1.RecipientState_RECIPIENT_STATE_BOUNCED, 1, 550},
+		{postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED, 3, 250},
+		{postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED, 1, 250},
+	}
+	for i, w := range want {
+		r := st.GetRecipients()[i]
+		if r.GetState() != w.state || r.GetAttempts() != w.attempts || r.GetLastReply().GetCode() != w.code {
+			t.Errorf("%s: state %v, %d attempts, reply %v; want %v, %d attempts, %d",
+				r.GetRecipient(), r.GetState(), r.GetAttempts(), r.GetLastReply(), w.state, w.attempts, w.code)
+		}
+	}
+	if s.sink.Sessions() != 0 {
+		t.Errorf("simulator traffic reached the sink (%d sessions)", s.sink.Sessions())
+	}
+}
+
+func TestCLISendAndStatus(t *testing.T) {
+	s := startStack(t, testenv.SinkScript{})
+	addr := s.api.app.grpcLis.Addr().String()
+	noenv := func(string) string { return "" }
+	var out bytes.Buffer
+	err := sendCmd(context.Background(), []string{"--server", addr, "--from", "me@sender.test", "--to", "cli@example.test", "--subject", "hi", "--text", "hello"}, &out, noenv)
+	if err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	id := strings.TrimSpace(out.String())
+	if !validIDForTest(id) {
+		t.Fatalf("send printed %q, want a message id", id)
+	}
+	out.Reset()
+	if err := statusCmd(context.Background(), []string{"--server", addr, "--wait", "30s", id}, &out, noenv); err != nil {
+		t.Fatalf("status: %v", err)
+	}
+	if !strings.Contains(out.String(), "cli@example.test") || !strings.Contains(out.String(), "delivered") || !strings.Contains(out.String(), "250") {
+		t.Errorf("status output lacks the delivered recipient and its reply:\n%s", out.String())
+	}
+	out.Reset()
+	if err := statusCmd(context.Background(), []string{"--server", addr, "--json", id}, &out, noenv); err != nil {
+		t.Fatalf("status --json: %v", err)
+	}
+	if !strings.Contains(out.String(), `"state": "RECIPIENT_STATE_DELIVERED"`) {
+		t.Errorf("status --json lacks the delivered state:\n%s", out.String())
+	}
+	err = sendCmd(context.Background(), []string{"--server", addr, "--from", "bad", "--to", "cli@example.test", "--text", "x"}, &out, noenv)
+	if err == nil || !strings.Contains(err.Error(), "InvalidArgument") || !strings.Contains(err.Error(), "from") {
+		t.Errorf("send with a bad --from = %v, want an InvalidArgument error naming from", err)
+	}
+}
+
+func validIDForTest(s string) bool {
+	_, _, err := eventlog.ParseRecipientID(s + "-0")
+	return err == nil && len(s) == 24
+}
