@@ -16,6 +16,11 @@
 //   - RESOURCE_EXHAUSTED when the queue is full (stream limits reached); retry
 //     later.
 //   - DEADLINE_EXCEEDED / CANCELED as usual for the caller's own deadline.
+//
+// String fields must be valid UTF-8, as proto3 requires: protobuf runtimes
+// refuse to encode anything else, and a request that carries it anyway is
+// refused by the server's decoder (INTERNAL, "error unmarshalling request")
+// before validation runs. Send binary or legacy-charset content as raw.
 
 package postflowv1
 
@@ -118,9 +123,10 @@ type Header struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Name is printable US-ASCII without ':' or spaces (RFC 5322 §2.2). Names
 	// Postflow owns or that would leak or forge routing are refused:
-	// From, To, Cc, Bcc, Reply-To, Subject, Date, Message-ID, MIME-Version,
-	// Content-Type, Content-Transfer-Encoding, Received, Return-Path,
-	// DKIM-Signature, ARC-*, Authentication-Results.
+	// From, Sender, To, Cc, Bcc, Reply-To, Subject, Date, Message-ID,
+	// MIME-Version, Content-Type, Content-Transfer-Encoding, Received,
+	// Return-Path, DKIM-Signature, ARC-*, Authentication-Results. Names are
+	// at most 64 octets; at most 50 headers.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// Value holds no CR, LF or NUL; non-ASCII text is RFC 2047-encoded.
 	Value         string `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
@@ -188,7 +194,7 @@ type SendRequest struct {
 	Bcc []string `protobuf:"bytes,4,rep,name=bcc,proto3" json:"bcc,omitempty"`
 	// ReplyTo fills the Reply-To header.
 	ReplyTo []string `protobuf:"bytes,5,rep,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
-	// Subject is one line of text, at most 998 octets once encoded.
+	// Subject is one line of text without CR, LF or NUL, at most 998 octets.
 	Subject string `protobuf:"bytes,6,opt,name=subject,proto3" json:"subject,omitempty"`
 	// Text is the text/plain body. At least one of text and html is required
 	// for structured messages; with both, the message is multipart/alternative.
@@ -209,7 +215,11 @@ type SendRequest struct {
 	// Raw is a complete RFC 5322 message sent as is (after line endings are
 	// normalised to CRLF). from and to/cc/bcc then give the envelope only, and
 	// subject, text, html, headers and reply_to must be empty. A Message-ID
-	// and a Date header are added when missing.
+	// and a Date header are added when missing. It must have exactly one From
+	// header, at most one Date, Message-ID, Subject and Sender, no Bcc,
+	// Received, Return-Path, DKIM-Signature, ARC-* or Authentication-Results
+	// header, no line over 998 octets and no NUL; violations are reported on
+	// field "raw".
 	Raw           []byte `protobuf:"bytes,13,opt,name=raw,proto3" json:"raw,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -16,6 +16,11 @@
 //   - RESOURCE_EXHAUSTED when the queue is full (stream limits reached); retry
 //     later.
 //   - DEADLINE_EXCEEDED / CANCELED as usual for the caller's own deadline.
+//
+// String fields must be valid UTF-8, as proto3 requires: protobuf runtimes
+// refuse to encode anything else, and a request that carries it anyway is
+// refused by the server's decoder (INTERNAL, "error unmarshalling request")
+// before validation runs. Send binary or legacy-charset content as raw.
 
 package postflowv1
 

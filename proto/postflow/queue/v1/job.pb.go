@@ -46,7 +46,8 @@ type DeliveryJob struct {
 	// (state expired).
 	ExpireAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=expire_at,json=expireAt,proto3" json:"expire_at,omitempty"`
 	Tags     []string               `protobuf:"bytes,9,rep,name=tags,proto3" json:"tags,omitempty"`
-	// HasUTF8 reports whether the envelope needs SMTPUTF8.
+	// Smtputf8 reports whether the envelope needs the SMTPUTF8 extension
+	// (RFC 6531): a non-ASCII address in MAIL FROM or RCPT TO.
 	Smtputf8      bool `protobuf:"varint,10,opt,name=smtputf8,proto3" json:"smtputf8,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
