@@ -135,7 +135,7 @@ func TestDeliverPerRecipientReplies(t *testing.T) {
 	if !de.Remote || de.Message != "no such user" {
 		t.Fatalf("gone: %#v, want remote reply text", de)
 	}
-	wantErr(t, "full", res.Recipients[2], true, 452, "4.5.3")
+	checkErr(t, "full", res.Recipients[2], true, 452, "4.5.3")
 	msgs := sink.Messages()
 	if len(msgs) != 1 || strings.Join(msgs[0].To, ",") != "ok@example.net" {
 		t.Fatalf("sink messages = %+v, want one to ok@example.net", msgs)
@@ -150,7 +150,7 @@ func TestDeliverNoRecipientAccepted(t *testing.T) {
 		},
 	})
 	res := New(testConfig()).Deliver(context.Background(), []Target{sinkTarget(sink)}, env("a@example.net"), []byte(testBody))
-	wantErr(t, "a", res.Recipients[0], false, 550, "5.1.1")
+	checkErr(t, "a", res.Recipients[0], false, 550, "5.1.1")
 	if res.Reply != nil || sink.Count() != 0 {
 		t.Fatalf("Reply = %v, sink count = %d; want nil and 0", res.Reply, sink.Count())
 	}
@@ -178,7 +178,7 @@ func TestDeliverDataReplies(t *testing.T) {
 			res := New(testConfig()).Deliver(context.Background(), []Target{sinkTarget(sink)},
 				env("a@example.net", "b@example.net"), []byte(testBody))
 			for i, r := range res.Recipients {
-				wantErr(t, fmt.Sprintf("Recipients[%d]", i), r, tc.temporary, tc.code, tc.enhanced)
+				checkErr(t, fmt.Sprintf("Recipients[%d]", i), r, tc.temporary, tc.code, tc.enhanced)
 				if r.PossibleDuplicate {
 					t.Fatalf("Recipients[%d].PossibleDuplicate = true after a reply", i)
 				}
@@ -242,7 +242,7 @@ func TestDeliverPermanentBeforeRcptStops(t *testing.T) {
 			res := New(testConfig()).Deliver(context.Background(), []Target{sinkTarget(first), sinkTarget(second)},
 				env("a@example.net", "b@example.net"), []byte(testBody))
 			for i, r := range res.Recipients {
-				wantErr(t, fmt.Sprintf("Recipients[%d]", i), r, false, 554, "5.7.1")
+				checkErr(t, fmt.Sprintf("Recipients[%d]", i), r, false, 554, "5.7.1")
 			}
 			if second.Sessions() != 0 {
 				t.Fatalf("second target got %d sessions, want 0", second.Sessions())
@@ -262,7 +262,7 @@ func TestDeliverMailRejectionNotCached(t *testing.T) {
 	}})
 	c := New(testConfig())
 	first := c.Deliver(context.Background(), []Target{sinkTarget(sink)}, env("a@example.net"), []byte(testBody))
-	wantErr(t, "first", first.Recipients[0], false, 550, "5.7.1")
+	checkErr(t, "first", first.Recipients[0], false, 550, "5.7.1")
 	second := c.Deliver(context.Background(), []Target{sinkTarget(sink)}, env("a@example.net"), []byte(testBody))
 	if !second.Recipients[0].Delivered {
 		t.Fatalf("second message: %+v, want delivered (MAIL rejection must not be cached)", second.Recipients[0])
@@ -289,7 +289,7 @@ func TestDeliverMaxSessions(t *testing.T) {
 	third := testenv.StartSMTPSink(t, testenv.SinkScript{})
 	targets := []Target{closedTarget(t), closedTarget(t), sinkTarget(third)}
 	res := New(testConfig()).Deliver(context.Background(), targets, env("x@example.net"), []byte(testBody))
-	wantErr(t, "x", res.Recipients[0], true, 451, "4.4.1")
+	checkErr(t, "x", res.Recipients[0], true, 451, "4.4.1")
 	if third.Sessions() != 0 {
 		t.Fatalf("third target got %d sessions, want 0 with MaxSessions 2", third.Sessions())
 	}
@@ -305,7 +305,7 @@ func TestDeliverMaxSessions(t *testing.T) {
 func TestDeliverNoTargets(t *testing.T) {
 	t.Parallel()
 	res := New(testConfig()).Deliver(context.Background(), nil, env("x@example.net"), []byte(testBody))
-	wantErr(t, "x", res.Recipients[0], true, 451, "4.4.4")
+	checkErr(t, "x", res.Recipients[0], true, 451, "4.4.4")
 }
 
 func TestDeliverInvalidAddresses(t *testing.T) {
@@ -316,11 +316,11 @@ func TestDeliverInvalidAddresses(t *testing.T) {
 	if !res.Recipients[0].Delivered {
 		t.Fatalf("ok: %+v, want delivered", res.Recipients[0])
 	}
-	wantErr(t, "bad", res.Recipients[1], false, 553, "5.1.3")
+	checkErr(t, "bad", res.Recipients[1], false, 553, "5.1.3")
 
 	res = New(testConfig()).Deliver(context.Background(), []Target{sinkTarget(sink)},
 		Envelope{From: "a>b@example.org", To: []string{"ok@example.net"}}, []byte(testBody))
-	wantErr(t, "bad sender", res.Recipients[0], false, 553, "5.1.7")
+	checkErr(t, "bad sender", res.Recipients[0], false, 553, "5.1.7")
 }
 
 func TestDeliverContextCancelReturnsPromptly(t *testing.T) {
@@ -371,7 +371,7 @@ func TestDeliverContextDeadlineBoundsSession(t *testing.T) {
 	if took := time.Since(start); took > 3*time.Second {
 		t.Fatalf("Deliver took %v with a 200ms context, want it bounded by the context", took)
 	}
-	wantErr(t, "a", res.Recipients[0], true, 451, "4.4.2")
+	checkErr(t, "a", res.Recipients[0], true, 451, "4.4.2")
 }
 
 func TestDeliverTimeoutAfterDotIsPossibleDuplicate(t *testing.T) {
@@ -388,7 +388,7 @@ func TestDeliverTimeoutAfterDotIsPossibleDuplicate(t *testing.T) {
 	res := New(cfg).Deliver(context.Background(), []Target{sinkTarget(sink)}, env("a@example.net", "b@example.net"), []byte(testBody))
 	took := time.Since(start)
 	for i, r := range res.Recipients {
-		wantErr(t, fmt.Sprintf("Recipients[%d]", i), r, true, 451, "4.4.2")
+		checkErr(t, fmt.Sprintf("Recipients[%d]", i), r, true, 451, "4.4.2")
 		if !r.PossibleDuplicate {
 			t.Fatalf("Recipients[%d].PossibleDuplicate = false, want true after a post-dot timeout", i)
 		}
@@ -462,7 +462,7 @@ func TestDeliverDropMidDataNotPossibleDuplicate(t *testing.T) {
 	body := bytes.Repeat([]byte("0123456789012345678901234567890123456789012345678901234567890123456789\r\n"), 64<<20/72)
 	res := New(testConfig()).Deliver(context.Background(), []Target{target}, env("a@example.net"), body)
 	r := res.Recipients[0]
-	wantErr(t, "a", r, true, 451, "4.4.2")
+	checkErr(t, "a", r, true, 451, "4.4.2")
 	if r.PossibleDuplicate {
 		t.Fatal("PossibleDuplicate = true for a drop before the final dot")
 	}
@@ -474,7 +474,7 @@ func TestDeliverSMTPUTF8NotOffered(t *testing.T) {
 	e := env("j\u00f6rg@example.net")
 	e.SMTPUTF8 = true
 	res := New(testConfig()).Deliver(context.Background(), []Target{sinkTarget(sink)}, e, []byte(testBody))
-	wantErr(t, "jörg", res.Recipients[0], false, 550, "5.6.7")
+	checkErr(t, "jörg", res.Recipients[0], false, 550, "5.6.7")
 	if sink.RcptAttempts("j\u00f6rg@example.net") != 0 || sink.Count() != 0 {
 		t.Fatal("recipient was offered to a server without SMTPUTF8")
 	}
@@ -490,7 +490,7 @@ func TestDeliverMessageTooLargeForServer(t *testing.T) {
 	t.Parallel()
 	sink := testenv.StartSMTPSink(t, testenv.SinkScript{MaxMessageBytes: 100})
 	res := New(testConfig()).Deliver(context.Background(), []Target{sinkTarget(sink)}, env("a@example.net"), bytes.Repeat([]byte("x\r\n"), 100))
-	wantErr(t, "a", res.Recipients[0], false, 552, "5.3.4")
+	checkErr(t, "a", res.Recipients[0], false, 552, "5.3.4")
 	if sink.RcptAttempts("a@example.net") != 0 {
 		t.Fatal("recipient offered although the message exceeds the advertised SIZE")
 	}
@@ -720,4 +720,10 @@ func TestDeliverSTARTTLSInjectionRejected(t *testing.T) {
 	if !res.Recipients[0].Delivered || res.Target != sinkTarget(second) {
 		t.Fatalf("Recipients[0] = %+v via %v, want delivered via the second target", res.Recipients[0], res.Target)
 	}
+}
+
+// checkErr is wantErr for callers that need only the assertion.
+func checkErr(t *testing.T, what string, r RcptResult, temporary bool, code int, enhanced string) {
+	t.Helper()
+	_ = wantErr(t, what, r, temporary, code, enhanced)
 }

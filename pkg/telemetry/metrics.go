@@ -40,7 +40,7 @@ var (
 	failed     = must(meter.Int64Counter("postflow.delivery.failed", metric.WithDescription("Recipients failed without an SMTP attempt (undecodable job)"), metric.WithUnit("{recipient}")))
 	sessions   = must(meter.Int64Counter("postflow.delivery.sessions", metric.WithDescription("SMTP delivery attempts (one per job attempt)"), metric.WithUnit("{attempt}")))
 	latency    = must(meter.Float64Histogram("postflow.delivery.latency", metric.WithDescription("Time from acceptance to delivery"), metric.WithUnit("s"), metric.WithExplicitBucketBoundaries(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400)))
-	attemptDur = must(meter.Float64Histogram("postflow.delivery.duration", metric.WithDescription("Duration of one delivery attempt (DNS and SMTP)"), metric.WithUnit("s")))
+	attemptDur = must(meter.Float64Histogram("postflow.delivery.duration", metric.WithDescription("Duration of one delivery attempt (DNS and SMTP)"), metric.WithUnit("s"), metric.WithExplicitBucketBoundaries(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)))
 )
 
 func must[T any](v T, err error) T {

@@ -16,7 +16,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 )
 
 // Config selects exporters. main fills it from the environment.
@@ -40,7 +40,7 @@ type Providers struct {
 // Setup installs the OTel SDK as the global meter and tracer provider and
 // the W3C trace-context propagator.
 func Setup(ctx context.Context, cfg Config) (*Providers, error) {
-	res, err := resource.Merge(resource.Default(), resource.NewWithAttributes(semconv.SchemaURL,
+	res, err := resource.Merge(resource.Default(), resource.NewSchemaless(
 		semconv.ServiceName(cfg.ServiceName), semconv.ServiceVersion(cfg.Version)))
 	if err != nil {
 		return nil, fmt.Errorf("telemetry: resource: %w", err)

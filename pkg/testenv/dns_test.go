@@ -259,7 +259,7 @@ type dnsFatalRecorder struct {
 
 func (r *dnsFatalRecorder) Fatalf(format string, args ...any) {
 	r.failed = true
-	r.TB.Logf("(expected) "+format, args...)
+	r.Logf("(expected) "+format, args...)
 	runtime.Goexit()
 }
 

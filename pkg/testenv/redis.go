@@ -59,7 +59,7 @@ func (r *Redis) start(t testing.TB, path string, port int) {
 		}
 	}()
 	c := redis.NewClient(&redis.Options{Addr: r.Addr, MaxRetries: -1})
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
@@ -113,7 +113,7 @@ func freePort(t testing.TB) int {
 	if err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Addr().(*net.TCPAddr).Port
 }
 

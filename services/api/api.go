@@ -131,7 +131,9 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	t := time.AfterFunc(cfg.ShutdownTimeout, gs.Stop)
 	defer t.Stop()
 	gs.GracefulStop()
-	<-errc
+	if err := <-errc; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		deps.Logger.Warn("api: serve", slog.Any("error", err))
+	}
 	deps.Logger.Info("api: stopped")
 	return nil
 }

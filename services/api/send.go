@@ -56,6 +56,9 @@ func (s *Server) send(ctx context.Context, req *postflowv1.SendRequest) (*postfl
 	now := s.now()
 	idDomain := s.cfg.MessageIDDomain
 	if idDomain == "" {
+		// The sender's domain; the placeholder only serves a From that
+		// Build is about to reject.
+		idDomain = "postflow.invalid"
 		if a, err := mailmsg.ParseAddress(req.GetFrom()); err == nil {
 			idDomain = a.Domain
 		}

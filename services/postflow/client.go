@@ -114,7 +114,7 @@ func sendCmd(ctx context.Context, args []string, out io.Writer, getenv func(stri
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
 	defer cancel()
 	resp, err := postflowv1.NewMailServiceClient(conn).Send(ctx, req)
@@ -147,7 +147,7 @@ func statusCmd(ctx context.Context, args []string, out io.Writer, getenv func(st
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	client := postflowv1.NewStatusServiceClient(conn)
 	deadline := time.Now().Add(*wait)
 	for {

@@ -188,7 +188,7 @@ func (a *app) run(ctx context.Context) error {
 			return api.Run(gctx, api.Config{
 				Tenant:          "default",
 				Limits:          a.cfg.limits(),
-				MessageIDDomain: a.cfg.Hostname,
+				MessageIDDomain: "", // the sender's domain
 				MaxAge:          a.cfg.MaxAge,
 				PublishTimeout:  10 * time.Second,
 				ShutdownTimeout: a.cfg.ShutdownTimeout,
