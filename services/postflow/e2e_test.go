@@ -52,7 +52,7 @@ mx.other.test.     60 IN A  127.0.0.1
 // stack is a Postflow under test: real JetStream, DNS and SMTP sink on
 // loopback, and the roles wired exactly as `postflow serve` wires them.
 type stack struct {
-	t      *testing.T
+	t      testing.TB
 	js     *testenv.JetStream
 	dns    *testenv.DNSServer
 	sink   *testenv.SMTPSink
@@ -86,7 +86,7 @@ func (r *runningApp) stop(t *testing.T) {
 
 type stackOpt func(*serveConfig)
 
-func startStack(t *testing.T, script testenv.SinkScript, opts ...stackOpt) *stack {
+func startStack(t testing.TB, script testenv.SinkScript, opts ...stackOpt) *stack {
 	t.Helper()
 	s := &stack{t: t, js: testenv.StartJetStream(t), dns: testenv.StartDNS(t, zone), sink: testenv.StartSMTPSink(t, script)}
 	cfg := defaultServeConfig()
@@ -679,4 +679,42 @@ func TestCLISendAndStatus(t *testing.T) {
 func validIDForTest(s string) bool {
 	_, _, err := eventlog.ParseRecipientID(s + "-0")
 	return err == nil && len(s) == 24
+}
+
+// TestTemporaryFailuresExpireAtMaxAge is TESTPLAN B1 compressed: a recipient
+// that tempfails for ever ends expired with 4.4.7 and the last diagnostic,
+// and no attempt is made after max age.
+func TestTemporaryFailuresExpireAtMaxAge(t *testing.T) {
+	s := startStack(t, testenv.SinkScript{Rcpt: func(string, int) *smtp.SMTPError {
+		return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 2, 2}, Message: "mailbox full"}
+	}}, func(c *serveConfig) { c.RetryMin, c.RetryMax = 100*time.Millisecond, 100*time.Millisecond })
+	// --max-age is at least a minute on the command line; the test compresses
+	// it below that after validation.
+	s.api.stop(t)
+	cfg := s.cfg
+	cfg.MaxAge = 700 * time.Millisecond
+	cfg.GRPCAddr = s.api.app.grpcLis.Addr().String()
+	s.api = s.startApp(cfg)
+
+	resp := s.send(&postflowv1.SendRequest{From: "me@sender.test", To: []string{"full@example.test"}, Subject: "s", Text: "t"})
+	st := s.waitFinal(resp.GetMessageId(), 30*time.Second)
+	r := st.GetRecipients()[0]
+	if r.GetState() != postflowv1.RecipientState_RECIPIENT_STATE_EXPIRED {
+		t.Fatalf("state %v, want EXPIRED", r.GetState())
+	}
+	if r.GetLastReply().GetEnhancedCode() != "4.4.7" || !strings.Contains(r.GetLastReply().GetText(), "mailbox full") {
+		t.Errorf("expiry reply = %v, want 4.4.7 carrying the last diagnostic", r.GetLastReply())
+	}
+	if r.GetAttempts() < 2 {
+		t.Errorf("attempts = %d, want at least 2 before expiry", r.GetAttempts())
+	}
+	last := r.GetEvents()[len(r.GetEvents())-1].GetTime().AsTime()
+	accepted := st.GetAcceptedAt().AsTime()
+	if last.Sub(accepted) < cfg.MaxAge {
+		t.Errorf("expired %v after acceptance, before max age %v", last.Sub(accepted), cfg.MaxAge)
+	}
+	s.waitQueueEmpty(10 * time.Second)
+	if got, want := s.sink.RcptAttempts("full@example.test"), int(r.GetAttempts()); got != want {
+		t.Errorf("sink saw %d RCPT attempts, status counts %d", got, want)
+	}
 }

@@ -118,6 +118,9 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 func (w *Worker) Run(ctx context.Context, js jetstream.JetStream) error {
 	cons, err := js.Consumer(ctx, queue.OutboundStream, queue.WorkerConsumer)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // shut down while starting
+		}
 		return fmt.Errorf("worker: consumer: %w", err)
 	}
 	iter, err := cons.Messages(jetstream.PullMaxMessages(w.cfg.Concurrency))
