@@ -54,8 +54,10 @@ func ParseRecipientID(id string) (messageID string, index int, err error) {
 	if i <= 0 {
 		return "", 0, fmt.Errorf("eventlog: malformed recipient id %q", id)
 	}
-	n, err := strconv.Atoi(id[i+1:])
-	if err != nil || n < 0 {
+	digits := id[i+1:]
+	n, err := strconv.Atoi(digits)
+	if err != nil || n < 0 || strconv.Itoa(n) != digits {
+		// Only the canonical decimal form RecipientID writes.
 		return "", 0, fmt.Errorf("eventlog: malformed recipient id %q", id)
 	}
 	return id[:i], n, nil
@@ -86,9 +88,12 @@ func NewWriter(pub *queue.Publisher) *Writer { return &Writer{pub: pub} }
 func (w *Writer) Write(ctx context.Context, evs ...*postflowv1.Event) error {
 	msgs := make([]*nats.Msg, 0, len(evs))
 	for _, ev := range evs {
-		_, index, err := ParseRecipientID(ev.GetRecipientId())
+		msgID, index, err := ParseRecipientID(ev.GetRecipientId())
 		if err != nil {
 			return err
+		}
+		if msgID != ev.GetMessageId() {
+			return fmt.Errorf("eventlog: recipient id %q does not belong to message %q", ev.GetRecipientId(), ev.GetMessageId())
 		}
 		data, err := proto.Marshal(ev)
 		if err != nil {

@@ -19,12 +19,19 @@ var (
 	// ErrFull means the stream refused the message because a limit was
 	// reached (DiscardNew). Nothing was stored.
 	ErrFull = errors.New("queue: stream full")
+	// ErrTooLarge means the stream refused the message for its size; a
+	// retry cannot succeed. Nothing was stored.
+	ErrTooLarge = errors.New("queue: message larger than the stream allows")
 )
 
 // jsStoreFailed is JetStream's error code for a publish refused by a stream
 // limit under DiscardNew ("maximum bytes exceeded", "maximum messages
 // exceeded").
 const jsStoreFailed jetstream.ErrorCode = 10077
+
+// jsMsgTooLarge is JetStream's error code for a message above the stream's
+// MaxMsgSize.
+const jsMsgTooLarge jetstream.ErrorCode = 10054
 
 // Publisher publishes messages and waits for their acknowledgement.
 type Publisher struct {
@@ -40,7 +47,7 @@ func NewPublisher(js jetstream.JetStream) *Publisher { return &Publisher{js: js}
 // acknowledged all of them. On error some messages may be stored; publishing
 // the same messages again is safe within the stream's Duplicates window.
 //
-// Errors wrap ErrFull or ErrUnavailable.
+// Errors wrap ErrFull, ErrTooLarge or ErrUnavailable.
 func (p *Publisher) Publish(ctx context.Context, msgs ...*nats.Msg) error {
 	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
 	for _, m := range msgs {
@@ -68,8 +75,13 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...*nats.Msg) error {
 
 func classify(err error) error {
 	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) && apiErr.ErrorCode == jsStoreFailed {
-		return fmt.Errorf("%w: %w", ErrFull, err)
+	if errors.As(err, &apiErr) {
+		switch apiErr.ErrorCode {
+		case jsStoreFailed:
+			return fmt.Errorf("%w: %w", ErrFull, err)
+		case jsMsgTooLarge:
+			return fmt.Errorf("%w: %w", ErrTooLarge, err)
+		}
 	}
 	return fmt.Errorf("%w: %w", ErrUnavailable, err)
 }

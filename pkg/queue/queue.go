@@ -163,7 +163,7 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("queue: ack wait %v below 1s", c.AckWait))
 	}
 	if c.MaxAckPending < 1 || c.MaxDeliver < 2 {
-		errs = append(errs, errors.New("queue: max ack pending and max deliver must be positive"))
+		errs = append(errs, errors.New("queue: max ack pending must be at least 1 and max deliver at least 2"))
 	}
 	return errors.Join(errs...)
 }

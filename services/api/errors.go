@@ -30,6 +30,8 @@ func toStatus(err error) *status.Status {
 		return st
 	case errors.Is(err, eventlog.ErrNotFound):
 		return status.New(codes.NotFound, "message not found")
+	case errors.Is(err, queue.ErrTooLarge):
+		return status.New(codes.InvalidArgument, "message larger than the queue accepts")
 	case errors.Is(err, queue.ErrFull):
 		return status.New(codes.ResourceExhausted, "queue full: message not accepted, retry later")
 	case errors.Is(err, context.DeadlineExceeded):

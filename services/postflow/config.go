@@ -96,6 +96,7 @@ func serveFlags(fs *flag.FlagSet, cfg *serveConfig) {
 	fs.IntVar(&cfg.MaxMessageBytes, "max-message-size", cfg.MaxMessageBytes, "largest message accepted, in bytes")
 	fs.DurationVar(&cfg.RetryMin, "retry-min", cfg.RetryMin, "delay before the first retry after a temporary failure")
 	fs.DurationVar(&cfg.RetryMax, "retry-max", cfg.RetryMax, "longest delay between retries")
+	fs.IntVar(&cfg.Queue.Replicas, "stream-replicas", cfg.Queue.Replicas, "JetStream replicas for the streams (1 embedded; 3 on a production cluster)")
 	fs.BoolVar(&cfg.SyncAlways, "sync-always", cfg.SyncAlways, "embedded NATS: fsync every write (sync_interval: always)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long in-flight work may finish after SIGTERM")
 	fs.TextVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn, error")
@@ -161,6 +162,9 @@ func (c *serveConfig) finish() error {
 	if c.ShutdownTimeout <= 0 {
 		errs = append(errs, errors.New("--shutdown-timeout: must be positive"))
 	}
+	if c.NATSURL == "" && c.Queue.Replicas != 1 {
+		errs = append(errs, fmt.Errorf("--stream-replicas: %d needs a NATS cluster (--nats-url); the embedded server has one node", c.Queue.Replicas))
+	}
 	if c.RedisURL != "" {
 		errs = append(errs, errors.New("--redis-url: shared Redis limits are not implemented yet; leave it empty"))
 	}
@@ -199,7 +203,7 @@ func (c *serveConfig) logAttrs() []any {
 		slog.Duration("max_age", c.MaxAge), slog.String("hostname", c.Hostname),
 		slog.Int("concurrency", c.Concurrency), slog.Int("max_message_size", c.MaxMessageBytes),
 		slog.Duration("retry_min", c.RetryMin), slog.Duration("retry_max", c.RetryMax),
-		slog.Bool("sync_always", c.SyncAlways),
+		slog.Bool("sync_always", c.SyncAlways), slog.Int("stream_replicas", c.Queue.Replicas),
 	}
 }
 
