@@ -4,43 +4,78 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
 	"log/slog"
 	"net/http/httptest"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/trace"
 )
 
+// The OTel API binds package-level instruments to the first SDK installed,
+// so the test binary installs it once and tests compare counter deltas.
+var (
+	setupOnce sync.Once
+	prov      *Providers
+	setupErr  error
+)
+
+func providers(t *testing.T) *Providers {
+	t.Helper()
+	setupOnce.Do(func() {
+		prov, setupErr = Setup(context.Background(), Config{ServiceName: "postflow-test", Version: "test"})
+	})
+	if setupErr != nil {
+		t.Fatalf("Setup: %v", setupErr)
+	}
+	return prov
+}
+
+// scrape returns every sample of /metrics by its series text.
+func scrape(t *testing.T, p *Providers) map[string]float64 {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	p.Metrics.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	out := map[string]float64{}
+	for _, line := range strings.Split(rec.Body.String(), "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("unparseable sample %q", line)
+		}
+		out[line[:i]] = v
+	}
+	return out
+}
+
 func TestSetupServesPrometheusMetrics(t *testing.T) {
 	ctx := context.Background()
-	prov, err := Setup(ctx, Config{ServiceName: "postflow-test", Version: "test"})
-	if err != nil {
-		t.Fatalf("Setup: %v", err)
-	}
-	defer func() { _ = prov.Shutdown(ctx) }()
+	p := providers(t)
+	before := scrape(t, p)
 	Accepted(ctx, 3)
 	Delivered(ctx, 0.042)
 	Deferred(ctx)
 	Bounced(ctx)
-
-	rec := httptest.NewRecorder()
-	prov.Metrics.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-	body, _ := io.ReadAll(rec.Body)
-	for _, want := range []string{
-		"postflow_submit_accepted_total 3",
-		"postflow_delivery_delivered_total 1",
-		"postflow_delivery_deferred_total 1",
-		"postflow_delivery_bounced_total 1",
-		`postflow_delivery_latency_seconds_bucket{le="0.05"} 1`,
+	after := scrape(t, p)
+	for series, delta := range map[string]float64{
+		"postflow_submit_accepted_total":                       3,
+		"postflow_delivery_delivered_total":                    1,
+		"postflow_delivery_deferred_total":                     1,
+		"postflow_delivery_bounced_total":                      1,
+		`postflow_delivery_latency_seconds_bucket{le="0.05"}`:  1,
+		`postflow_delivery_latency_seconds_bucket{le="0.025"}`: 0,
 	} {
-		if !strings.Contains(string(body), want) {
-			t.Errorf("/metrics lacks %q", want)
+		if got := after[series] - before[series]; got != delta {
+			t.Errorf("%s grew by %v, want %v", series, got, delta)
 		}
 	}
-	if otel.GetTextMapPropagator().Fields() == nil {
+	if len(otel.GetTextMapPropagator().Fields()) == 0 {
 		t.Error("no propagator installed")
 	}
 }

@@ -723,3 +723,68 @@ func TestTemporaryFailuresExpireAtMaxAge(t *testing.T) {
 		t.Errorf("sink saw %d RCPT attempts, status counts %d", got, want)
 	}
 }
+
+// TestWorkerCrashLosesNothing approximates TESTPLAN A2 in process: a worker
+// loses its NATS connection mid-run and dies without settling anything in
+// flight. JetStream redelivers after AckWait to a new worker; nothing is lost,
+// and duplicates stay within what was in flight at the crash.
+func TestWorkerCrashLosesNothing(t *testing.T) {
+	const total, concurrency = 500, 16
+	s := startStack(t, testenv.SinkScript{}, func(c *serveConfig) {
+		c.Roles = []string{"api"}
+		c.Queue.AckWait = 2 * time.Second
+	})
+	workerCfg := s.cfg
+	workerCfg.Roles = []string{"worker"}
+	workerCfg.Concurrency = concurrency
+	workerCfg.ShutdownTimeout = time.Millisecond
+	w1 := s.startApp(workerCfg)
+
+	ids := make([]string, total)
+	for i := range total {
+		ids[i] = s.send(&postflowv1.SendRequest{
+			From: "me@sender.test", To: []string{fmt.Sprintf("c%d@example.test", i)},
+			Subject: "crash " + strconv.Itoa(i), Text: "body",
+		}).GetMessageId()
+		if i == total/5 {
+			s.sink.WaitForCount(t, total/10, 30*time.Second)
+			w1.app.nc.Close() // the crash: nothing more reaches NATS from this worker
+			w1.stop(t)
+		}
+	}
+	crashedAt := s.sink.Count()
+	s.startApp(workerCfg)
+	s.sink.WaitForCount(t, total, 60*time.Second)
+	s.waitQueueEmpty(30 * time.Second)
+
+	receipts := map[string]int{}
+	for _, m := range s.sink.Messages() {
+		mr, err := mail.CreateReader(bytes.NewReader(m.Data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		subj, _ := mr.Header.Subject()
+		receipts[subj]++
+	}
+	var lost, dup int
+	for i := range total {
+		key := "crash " + strconv.Itoa(i)
+		switch n := receipts[key]; {
+		case n == 0:
+			lost++
+		case n > 1:
+			dup += n - 1
+		}
+		delete(receipts, key)
+	}
+	if lost != 0 || len(receipts) != 0 || dup > concurrency {
+		t.Errorf("lost %d, phantom %d, duplicates %d; want 0, 0, at most %d (in flight at the crash)", lost, len(receipts), dup, concurrency)
+	}
+	for i, id := range ids {
+		st := s.waitFinal(id, 10*time.Second)
+		if got := stateOf(t, st, 0); got != postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED {
+			t.Fatalf("message %d (%s) state %v, want DELIVERED", i, id, got)
+		}
+	}
+	t.Logf("crash after %d deliveries; %d duplicates", crashedAt, dup)
+}

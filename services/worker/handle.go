@@ -91,6 +91,14 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	cancel()
 
 	evs, delay, pending, result := w.record(ctx, job, attempt, outs)
+	if ctx.Err() != nil {
+		// Cut off by shutdown, not by the remote: let another worker
+		// retry at once instead of after the backoff.
+		delay = 0
+	}
+	// Settling must work even when ctx was canceled by shutdown.
+	sctx, cancelSettle := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancelSettle()
 	telemetry.Attempt(ctx, result, w.now().Sub(start).Seconds())
 	span.SetAttributes(telemetry.KeyResult.String(result))
 
@@ -110,7 +118,7 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	default:
 		// DoubleAck: a lost ack would redeliver, and the redelivery costs a
 		// state lookup per recipient.
-		if err := msg.DoubleAck(ctx); err != nil {
+		if err := msg.DoubleAck(sctx); err != nil {
 			w.log.WarnContext(ctx, "worker: ack", slog.String("message_id", job.GetMessageId()), slog.Any("error", err))
 		}
 	}
@@ -255,8 +263,10 @@ func (w *Worker) record(ctx context.Context, job *queuev1.DeliveryJob, attempt i
 
 // writeEvents publishes evs, retrying for up to two minutes: the SMTP outcome
 // already happened, and giving up early turns a slow NATS into duplicates.
+// It gives up when ctx ends (the worker's hard shutdown deadline); the job is
+// then not acked and JetStream redelivers it.
 func (w *Worker) writeEvents(ctx context.Context, evs []*postflowv1.Event) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	backoff := 100 * time.Millisecond
 	for {

@@ -140,15 +140,26 @@ func (w *Worker) Run(ctx context.Context, js jetstream.JetStream) error {
 
 	sem := make(chan struct{}, w.cfg.Concurrency)
 	var wg sync.WaitGroup
+	backoff := pullBackoffMin
 	for {
 		msg, err := iter.Next()
 		if err != nil {
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 				break
 			}
-			w.log.Warn("worker: pull", slog.Any("error", err))
+			// Missed heartbeats and lost connections repeat until NATS is
+			// back; back off instead of spinning on them.
+			w.log.Warn("worker: pull", slog.Any("error", err), slog.Duration("retry_in", backoff))
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+			}
+			backoff = min(2*backoff, pullBackoffMax)
 			continue
 		}
+		backoff = pullBackoffMin
 		if ctx.Err() != nil {
 			// Buffered before shutdown began and not started: hand it
 			// back without counting an attempt against it.
@@ -171,6 +182,12 @@ func (w *Worker) Run(ctx context.Context, js jetstream.JetStream) error {
 	w.log.Info("worker: stopped")
 	return nil
 }
+
+// Bounds of the wait after a failed pull.
+const (
+	pullBackoffMin = 100 * time.Millisecond
+	pullBackoffMax = 5 * time.Second
+)
 
 // heartbeat sends InProgress for msg every interval until stop is called.
 func (w *Worker) heartbeat(msg jetstream.Msg) (stop func()) {
