@@ -24,3 +24,22 @@ func NormalizeCRLF(b []byte) []byte {
 	}
 	return out
 }
+
+// IsCanonicalCRLF reports whether every CR in b is followed by LF and every
+// LF preceded by CR, that is, whether NormalizeCRLF would return b unchanged.
+// It lets hot paths skip the copy for bodies that are already canonical.
+func IsCanonicalCRLF(b []byte) bool {
+	for i, c := range b {
+		switch c {
+		case '\r':
+			if i+1 >= len(b) || b[i+1] != '\n' {
+				return false
+			}
+		case '\n':
+			if i == 0 || b[i-1] != '\r' {
+				return false
+			}
+		}
+	}
+	return true
+}

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/postflow/postflow/pkg/deliveryerr"
+	"github.com/postflow/postflow/pkg/mailmsg"
 )
 
 // Defaults for Config. The timeouts follow RFC 5321 §4.5.3.2 and Postfix,
@@ -266,38 +267,8 @@ func validPath(addr string) bool {
 // The DotWriter only repairs bare LF, and a bare CR on the wire enables SMTP
 // smuggling. A canonical body is returned unchanged without copying.
 func canonicalCRLF(body []byte) []byte {
-	canonical := true
-	for i, b := range body {
-		switch b {
-		case '\r':
-			if i+1 >= len(body) || body[i+1] != '\n' {
-				canonical = false
-			}
-		case '\n':
-			if i == 0 || body[i-1] != '\r' {
-				canonical = false
-			}
-		}
-		if !canonical {
-			break
-		}
-	}
-	if canonical {
+	if mailmsg.IsCanonicalCRLF(body) {
 		return body
 	}
-	out := make([]byte, 0, len(body)+len(body)/32+2)
-	for i := 0; i < len(body); i++ {
-		switch b := body[i]; b {
-		case '\r':
-			out = append(out, '\r', '\n')
-			if i+1 < len(body) && body[i+1] == '\n' {
-				i++
-			}
-		case '\n':
-			out = append(out, '\r', '\n')
-		default:
-			out = append(out, b)
-		}
-	}
-	return out
+	return mailmsg.NormalizeCRLF(body)
 }

@@ -580,26 +580,7 @@ func TestWorkerRestartLosesNothing(t *testing.T) {
 
 	// The oracle: per accepted message exactly one receipt, no phantoms, and
 	// status delivered.
-	receipts := map[string]int{}
-	for _, m := range s.sink.Messages() {
-		mr, err := mail.CreateReader(bytes.NewReader(m.Data))
-		if err != nil {
-			t.Fatal(err)
-		}
-		subj, _ := mr.Header.Subject()
-		receipts[subj]++
-	}
-	var lost, dup, phantom int
-	for i := range total {
-		switch n := receipts["msg "+strconv.Itoa(i)]; {
-		case n == 0:
-			lost++
-		case n > 1:
-			dup += n - 1
-		}
-		delete(receipts, "msg "+strconv.Itoa(i))
-	}
-	phantom = len(receipts)
+	lost, dup, phantom := s.oracle(t, "msg ", total)
 	if lost != 0 || dup != 0 || phantom != 0 {
 		t.Errorf("lost %d, duplicates %d, phantom %d; want 0, 0, 0 (worker stopped after %d deliveries)", lost, dup, phantom, stoppedAt)
 	}
@@ -757,28 +738,9 @@ func TestWorkerCrashLosesNothing(t *testing.T) {
 	s.sink.WaitForCount(t, total, 60*time.Second)
 	s.waitQueueEmpty(30 * time.Second)
 
-	receipts := map[string]int{}
-	for _, m := range s.sink.Messages() {
-		mr, err := mail.CreateReader(bytes.NewReader(m.Data))
-		if err != nil {
-			t.Fatal(err)
-		}
-		subj, _ := mr.Header.Subject()
-		receipts[subj]++
-	}
-	var lost, dup int
-	for i := range total {
-		key := "crash " + strconv.Itoa(i)
-		switch n := receipts[key]; {
-		case n == 0:
-			lost++
-		case n > 1:
-			dup += n - 1
-		}
-		delete(receipts, key)
-	}
-	if lost != 0 || len(receipts) != 0 || dup > concurrency {
-		t.Errorf("lost %d, phantom %d, duplicates %d; want 0, 0, at most %d (in flight at the crash)", lost, len(receipts), dup, concurrency)
+	lost, dup, phantom := s.oracle(t, "crash ", total)
+	if lost != 0 || phantom != 0 || dup > concurrency {
+		t.Errorf("lost %d, phantom %d, duplicates %d; want 0, 0, at most %d (in flight at the crash)", lost, phantom, dup, concurrency)
 	}
 	for i, id := range ids {
 		st := s.waitFinal(id, 10*time.Second)
@@ -787,4 +749,35 @@ func TestWorkerCrashLosesNothing(t *testing.T) {
 		}
 	}
 	t.Logf("crash after %d deliveries; %d duplicates", crashedAt, dup)
+}
+
+// oracle counts, over the sink's receipts, messages whose subject is prefix
+// followed by 0..total-1: lost (no receipt), duplicates (receipts beyond the
+// first) and phantoms (receipts of anything else), TESTPLAN's acceptance
+// oracle.
+func (s *stack) oracle(t *testing.T, prefix string, total int) (lost, dup, phantom int) {
+	t.Helper()
+	receipts := map[string]int{}
+	for _, m := range s.sink.Messages() {
+		mr, err := mail.CreateReader(bytes.NewReader(m.Data))
+		if err != nil {
+			t.Fatalf("sink holds an unparseable message: %v", err)
+		}
+		subj, _ := mr.Header.Subject()
+		receipts[subj]++
+	}
+	for i := range total {
+		key := prefix + strconv.Itoa(i)
+		switch n := receipts[key]; {
+		case n == 0:
+			lost++
+		case n > 1:
+			dup += n - 1
+		}
+		delete(receipts, key)
+	}
+	for _, n := range receipts {
+		phantom += n
+	}
+	return lost, dup, phantom
 }
