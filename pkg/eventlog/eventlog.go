@@ -2,10 +2,11 @@
 // EVENTS stream, and derives a recipient's status from its events. EVENTS is
 // the source of truth for status: there is no other state store.
 //
-// Ordering contract: the api role writes a recipient's "queued" event before
-// its delivery job is queued, so every later event of that recipient follows
-// it in the stream. Summaries still never let "queued" override another
-// state, and a final state is never overridden.
+// Ordering: the api role publishes a message's "queued" events together
+// with its delivery jobs, so a "queued" event is normally first but may, in
+// rare interleavings, be stored after the worker's first outcome. Summaries
+// therefore never let "queued" override another state, a final state is
+// never overridden, and IsFinal looks past a trailing "queued".
 package eventlog
 
 import (
@@ -86,25 +87,36 @@ func NewWriter(pub *queue.Publisher) *Writer { return &Writer{pub: pub} }
 // Each event's EventId, which the caller must set, is its Nats-Msg-Id.
 // Errors wrap queue.ErrUnavailable or queue.ErrFull.
 func (w *Writer) Write(ctx context.Context, evs ...*postflowv1.Event) error {
+	msgs, err := Msgs(evs...)
+	if err != nil {
+		return err
+	}
+	return w.pub.Publish(ctx, msgs...)
+}
+
+// Msgs encodes events as NATS messages for the EVENTS stream, each with its
+// subject and its EventId as Nats-Msg-Id, for callers that publish them in
+// one batch with other messages.
+func Msgs(evs ...*postflowv1.Event) ([]*nats.Msg, error) {
 	msgs := make([]*nats.Msg, 0, len(evs))
 	for _, ev := range evs {
 		msgID, index, err := ParseRecipientID(ev.GetRecipientId())
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if msgID != ev.GetMessageId() {
-			return fmt.Errorf("eventlog: recipient id %q does not belong to message %q", ev.GetRecipientId(), ev.GetMessageId())
+			return nil, fmt.Errorf("eventlog: recipient id %q does not belong to message %q", ev.GetRecipientId(), ev.GetMessageId())
 		}
 		data, err := proto.Marshal(ev)
 		if err != nil {
-			return fmt.Errorf("eventlog: marshal: %w", err)
+			return nil, fmt.Errorf("eventlog: marshal: %w", err)
 		}
 		m := nats.NewMsg(queue.EventSubject(ev.GetTenant(), ev.GetMessageId(), index))
 		m.Data = data
 		m.Header.Set(jetstream.MsgIDHeader, ev.GetEventId())
 		msgs = append(msgs, m)
 	}
-	return w.pub.Publish(ctx, msgs...)
+	return msgs, nil
 }
 
 // Reader reads events back.
@@ -166,6 +178,39 @@ func (r *Reader) LastState(ctx context.Context, tenant, messageID string, index 
 		return 0, fmt.Errorf("eventlog: decode: %w", err)
 	}
 	return ev.GetState(), nil
+}
+
+// IsFinal reports whether one recipient has reached a final state. The api
+// role publishes a message's "queued" events and its jobs together, so in
+// rare interleavings a "queued" event is stored after the worker's outcome;
+// when the latest event is "queued", every event of the recipient is read.
+func (r *Reader) IsFinal(ctx context.Context, tenant, messageID string, index int) (bool, error) {
+	last, err := r.LastState(ctx, tenant, messageID, index)
+	if err != nil || last != postflowv1.RecipientState_RECIPIENT_STATE_QUEUED {
+		return Final(last), err
+	}
+	st, err := r.js.Stream(ctx, queue.EventsStream)
+	if err != nil {
+		return false, fmt.Errorf("eventlog: %w", err)
+	}
+	subject := queue.EventSubject(tenant, messageID, index)
+	for seq := uint64(1); ; {
+		raw, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("eventlog: read %s: %w", subject, err)
+		}
+		ev := &postflowv1.Event{}
+		if err := proto.Unmarshal(raw.Data, ev); err != nil {
+			return false, fmt.Errorf("eventlog: decode: %w", err)
+		}
+		if Final(ev.GetState()) {
+			return true, nil
+		}
+		seq = raw.Sequence + 1
+	}
 }
 
 // Summarize derives each recipient's status from a message's events, given

@@ -3,6 +3,7 @@ package eventlog_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"regexp"
 	"strings"
 	"testing"
@@ -532,5 +533,37 @@ func TestWriterRejectsBadRecipientID(t *testing.T) {
 	}
 	if info.State.Msgs != 0 {
 		t.Errorf("EVENTS holds %d messages after a rejected batch, want 0", info.State.Msgs)
+	}
+}
+
+func TestIsFinalLooksPastALateQueuedEvent(t *testing.T) {
+	ctx, w, r, _ := startEvents(t)
+	const (
+		delivered = postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED
+		queued    = postflowv1.RecipientState_RECIPIENT_STATE_QUEUED
+		deferred  = postflowv1.RecipientState_RECIPIENT_STATE_DEFERRED
+	)
+	tests := []struct {
+		name   string
+		states []postflowv1.RecipientState
+		want   bool
+	}{
+		{"no events", nil, false},
+		{"queued only", []postflowv1.RecipientState{queued}, false},
+		{"queued then delivered", []postflowv1.RecipientState{queued, delivered}, true},
+		{"delivered then a late queued", []postflowv1.RecipientState{delivered, queued}, true},
+		{"deferred then a late queued", []postflowv1.RecipientState{deferred, queued}, false},
+	}
+	for i, tc := range tests {
+		id := fmt.Sprintf("isfinal%017d", i)
+		for n, st := range tc.states {
+			if err := w.Write(ctx, msgEvent(id, 0, st, int32(n))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := r.IsFinal(ctx, "acme", id, 0)
+		if err != nil || got != tc.want {
+			t.Errorf("%s: IsFinal = %v, %v; want %v", tc.name, got, err, tc.want)
+		}
 	}
 }

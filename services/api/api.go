@@ -66,7 +66,6 @@ type Server struct {
 
 	cfg    Config
 	pub    *queue.Publisher
-	events *eventlog.Writer
 	reader *eventlog.Reader
 	log    *slog.Logger
 	now    func() time.Time
@@ -82,7 +81,6 @@ func NewServer(cfg Config, deps Deps) *Server {
 	return &Server{
 		cfg:    cfg,
 		pub:    pub,
-		events: eventlog.NewWriter(pub),
 		reader: eventlog.NewReader(deps.JS),
 		log:    deps.Logger,
 		now:    now,

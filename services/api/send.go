@@ -111,12 +111,13 @@ func (s *Server) send(ctx context.Context, req *postflowv1.SendRequest) (*postfl
 
 	pctx, cancel := context.WithTimeout(ctx, s.cfg.PublishTimeout)
 	defer cancel()
-	// Queued events go first so that every later event of a recipient
-	// follows its queued event in EVENTS (see package eventlog).
-	if err := s.events.Write(pctx, queued...); err != nil {
+	// Events and jobs go out together and are awaited together: one round
+	// trip per Send. A "queued" event may therefore land after a fast
+	// worker's outcome; package eventlog tolerates that order.
+	msgs, err := eventlog.Msgs(queued...)
+	if err != nil {
 		return nil, err
 	}
-	msgs := make([]*nats.Msg, 0, len(jobs))
 	for _, job := range jobs {
 		data, err := proto.Marshal(job)
 		if err != nil {

@@ -38,6 +38,7 @@ type serveConfig struct {
 	SyncAlways      bool
 	ShutdownTimeout time.Duration
 	LogLevel        slog.Level
+	Pprof           bool
 	CheckConfig     bool
 
 	// Not flags: sized from the above.
@@ -100,6 +101,7 @@ func serveFlags(fs *flag.FlagSet, cfg *serveConfig) {
 	fs.BoolVar(&cfg.SyncAlways, "sync-always", cfg.SyncAlways, "embedded NATS: fsync every write (sync_interval: always)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long in-flight work may finish after SIGTERM")
 	fs.TextVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn, error")
+	fs.BoolVar(&cfg.Pprof, "pprof", cfg.Pprof, "serve Go profiles under /debug/pprof/ on --http-addr (keep that address private)")
 	fs.BoolVar(&cfg.CheckConfig, "check-config", false, "validate the configuration, print it and exit")
 }
 

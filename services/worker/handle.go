@@ -96,9 +96,6 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		// retry at once instead of after the backoff.
 		delay = 0
 	}
-	// Settling must work even when ctx was canceled by shutdown.
-	sctx, cancelSettle := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancelSettle()
 	telemetry.Attempt(ctx, result, w.now().Sub(start).Seconds())
 	span.SetAttributes(telemetry.KeyResult.String(result))
 
@@ -116,9 +113,11 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	case result == "bounced":
 		_ = msg.TermWithReason("bounced")
 	default:
-		// DoubleAck: a lost ack would redeliver, and the redelivery costs a
-		// state lookup per recipient.
-		if err := msg.DoubleAck(sctx); err != nil {
+		// A plain Ack, not DoubleAck: if it is lost, the redelivery finds
+		// every recipient final in EVENTS and is acked without sending, so
+		// waiting for the server's confirmation would buy nothing but a
+		// round trip per job.
+		if err := msg.Ack(); err != nil {
 			w.log.WarnContext(ctx, "worker: ack", slog.String("message_id", job.GetMessageId()), slog.Any("error", err))
 		}
 	}
@@ -128,11 +127,11 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 func (w *Worker) pending(ctx context.Context, job *queuev1.DeliveryJob) ([]*queuev1.JobRecipient, error) {
 	var out []*queuev1.JobRecipient
 	for _, r := range job.GetRecipients() {
-		st, err := w.reader.LastState(ctx, job.GetTenant(), job.GetMessageId(), int(r.GetIndex()))
+		final, err := w.reader.IsFinal(ctx, job.GetTenant(), job.GetMessageId(), int(r.GetIndex()))
 		if err != nil {
 			return nil, err
 		}
-		if !eventlog.Final(st) {
+		if !final {
 			out = append(out, r)
 		}
 	}

@@ -1,0 +1,207 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	postflowv1 "github.com/postflow/postflow/proto/postflow/v1"
+)
+
+// load is what one generator run offers and what it observed.
+type load struct {
+	run         string
+	messages    int
+	concurrency int
+	size        int
+	rate        float64 // messages per second offered; 0 = as fast as accepted
+
+	accepted   atomic.Int64
+	errors     atomic.Int64
+	firstError atomic.Value // string
+	acceptedAt []atomic.Int64
+	latencies  []int64 // Send/SMTP call latency in ns, by sequence; 0 = not accepted
+	start, end time.Time
+}
+
+func newLoad(run string, messages, concurrency, size int, rate float64) *load {
+	return &load{run: run, messages: messages, concurrency: concurrency, size: size, rate: rate,
+		acceptedAt: make([]atomic.Int64, messages), latencies: make([]int64, messages)}
+}
+
+// body returns ~size bytes of 7-bit text in 76-character lines.
+func body(size int) string {
+	const line = "The quick brown fox jumps over the lazy dog; pack my box with five dozen.\r\n"
+	var b strings.Builder
+	b.Grow(size + len(line))
+	for b.Len() < size {
+		b.WriteString(line)
+	}
+	return b.String()
+}
+
+func recipient(seq int) string { return fmt.Sprintf("u%d@d%d.loadtest.test", seq, seq%100) }
+
+// dispatch feeds sequence numbers to the workers, paced when a rate is set,
+// until every message is offered or ctx ends.
+func (l *load) dispatch(ctx context.Context) <-chan int {
+	ch := make(chan int, l.concurrency)
+	go func() {
+		defer close(ch)
+		var tick *time.Ticker
+		var interval time.Duration
+		if l.rate > 0 {
+			interval = time.Duration(float64(time.Second) / l.rate)
+			tick = time.NewTicker(min(interval, 10*time.Millisecond))
+			defer tick.Stop()
+		}
+		next := time.Now()
+		for seq := 0; seq < l.messages; seq++ {
+			if tick != nil {
+				for time.Now().Before(next) {
+					select {
+					case <-ctx.Done():
+						return
+					case <-tick.C:
+					}
+				}
+				next = next.Add(interval)
+			}
+			select {
+			case ch <- seq:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return ch
+}
+
+func (l *load) fail(err error) {
+	l.errors.Add(1)
+	l.firstError.CompareAndSwap(nil, err.Error())
+}
+
+func (l *load) ok(seq int, began time.Time) {
+	now := time.Now()
+	l.acceptedAt[seq].Store(now.UnixNano())
+	l.latencies[seq] = int64(now.Sub(began))
+	l.accepted.Add(1)
+}
+
+// runSend drives Postflow's MailService.Send.
+func (l *load) runSend(ctx context.Context, addr string) error {
+	const conns = 4
+	clients := make([]postflowv1.MailServiceClient, conns)
+	for i := range clients {
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return err
+		}
+		defer func() { _ = cc.Close() }()
+		clients[i] = postflowv1.NewMailServiceClient(cc)
+	}
+	text := body(l.size)
+	seqs := l.dispatch(ctx)
+	l.start = time.Now()
+	var wg sync.WaitGroup
+	for w := range l.concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			client := clients[w%conns]
+			for seq := range seqs {
+				req := &postflowv1.SendRequest{
+					From:    "loadtest@sender.loadtest.test",
+					To:      []string{recipient(seq)},
+					Subject: "loadtest " + strconv.Itoa(seq),
+					Text:    text,
+					Headers: []*postflowv1.Header{{Name: seqHeader, Value: strconv.Itoa(seq)}, {Name: runHeader, Value: l.run}},
+				}
+				began := time.Now()
+				cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				_, err := client.Send(cctx, req)
+				cancel()
+				if err != nil {
+					l.fail(fmt.Errorf("send: %s", status.Convert(err).Message()))
+					continue
+				}
+				l.ok(seq, began)
+			}
+		}()
+	}
+	wg.Wait()
+	l.end = time.Now()
+	return nil
+}
+
+// runSMTP injects over SMTP (for Postfix, Haraka and the sink's own
+// ceiling), one connection per worker, reused for every message it sends.
+func (l *load) runSMTP(ctx context.Context, addr string) error {
+	text := body(l.size)
+	seqs := l.dispatch(ctx)
+	l.start = time.Now()
+	var wg sync.WaitGroup
+	for range l.concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var c *smtp.Client
+			defer func() {
+				if c != nil {
+					_ = c.Quit()
+				}
+			}()
+			for seq := range seqs {
+				began := time.Now()
+				if c == nil {
+					conn, err := (&net.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, "tcp", addr)
+					if err != nil {
+						l.fail(err)
+						continue
+					}
+					c = smtp.NewClient(conn)
+					c.CommandTimeout, c.SubmissionTimeout = 30*time.Second, 60*time.Second
+					if err := c.Hello("loadtest.test"); err != nil {
+						l.fail(err)
+						_ = c.Close()
+						c = nil
+						continue
+					}
+				}
+				msg := rawMessage(l.run, seq, text)
+				if err := c.SendMail("loadtest@sender.loadtest.test", []string{recipient(seq)}, strings.NewReader(msg)); err != nil {
+					l.fail(err)
+					_ = c.Close()
+					c = nil
+					continue
+				}
+				l.ok(seq, began)
+			}
+		}()
+	}
+	wg.Wait()
+	l.end = time.Now()
+	return nil
+}
+
+func rawMessage(run string, seq int, text string) string {
+	return "From: loadtest@sender.loadtest.test\r\n" +
+		"To: " + recipient(seq) + "\r\n" +
+		"Subject: loadtest " + strconv.Itoa(seq) + "\r\n" +
+		"Date: " + time.Now().Format(time.RFC1123Z) + "\r\n" +
+		"Message-ID: <" + run + "." + strconv.Itoa(seq) + "@sender.loadtest.test>\r\n" +
+		seqHeader + ": " + strconv.Itoa(seq) + "\r\n" +
+		runHeader + ": " + run + "\r\n" +
+		"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n" + text
+}
