@@ -10,9 +10,11 @@ import (
 )
 
 // buildStructured writes the MIME form of a validated structured input.
-// Bodies are quoted-printable: lines stay under 77 octets and 8-bit text
-// is safe on any transport, whatever the caller sent. Bodies' line breaks
-// are canonicalised to CRLF first (RFC 2046 §4.1.1).
+// A body that is already 7-bit with lines of at most 998 octets is sent as
+// is ("7bit", RFC 2045 §2.7): no encoding cost and byte-identical text for
+// the recipient. Any other body is quoted-printable, so lines stay under 77
+// octets and 8-bit text is safe on any transport. Bodies' line breaks are
+// canonicalised to CRLF first (RFC 2046 §4.1.1).
 func buildStructured(in Input, v *validated, now time.Time, msgID string) ([]byte, error) {
 	// go-message writes the most recently added field first, so fields are
 	// added bottom-up: custom headers, then Message-ID … From.
@@ -23,7 +25,7 @@ func buildStructured(in Input, v *validated, now time.Time, msgID string) ([]byt
 		if in.Text == "" {
 			ct = "text/html"
 		}
-		h.Set("Content-Transfer-Encoding", "quoted-printable")
+		h.Set("Content-Transfer-Encoding", transferEncoding(in.Text+in.HTML))
 		h.SetContentType(ct, map[string]string{"charset": "utf-8"})
 	}
 	h.Set("MIME-Version", "1.0")
@@ -59,7 +61,7 @@ func buildStructured(in Input, v *validated, now time.Time, msgID string) ([]byt
 	for _, p := range []struct{ ct, body string }{{"text/plain", in.Text}, {"text/html", in.HTML}} {
 		var ph mail.InlineHeader
 		ph.SetContentType(p.ct, map[string]string{"charset": "utf-8"})
-		ph.Set("Content-Transfer-Encoding", "quoted-printable")
+		ph.Set("Content-Transfer-Encoding", transferEncoding(p.body))
 		pw, err := mw.CreatePart(ph)
 		if err != nil {
 			return nil, fmt.Errorf("mailmsg: create %s part: %w", p.ct, err)
@@ -92,4 +94,25 @@ func mailAddresses(as []Address) []*mail.Address {
 		out[i] = &mail.Address{Name: a.Name, Address: a.Local + "@" + a.Domain}
 	}
 	return out
+}
+
+// transferEncoding picks "7bit" for a body of US-ASCII without NUL whose
+// lines (once CRLF-canonical) fit RFC 5322's 998 octets, else
+// "quoted-printable".
+func transferEncoding(body string) string {
+	line := 0
+	for i := 0; i < len(body); i++ {
+		switch c := body[i]; {
+		case c == '\r' || c == '\n':
+			line = 0
+		case c == 0 || c >= 0x80:
+			return "quoted-printable"
+		default:
+			line++
+			if line > 998 {
+				return "quoted-printable"
+			}
+		}
+	}
+	return "7bit"
 }
