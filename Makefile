@@ -7,7 +7,7 @@ GOTEST    ?= $(GO) test
 TESTFLAGS ?= -race -timeout 14m
 LINT       = $(GO) tool -modfile=tools/lint/go.mod golangci-lint
 
-.PHONY: run build test deps proto proto-check lint vet fmt clean
+.PHONY: run build test deps proto proto-check lint vet fmt clean bench bench-deps
 
 run: ## start every role on the embedded NATS, with the mailbox simulator
 	$(GO) run ./services/postflow serve
@@ -26,6 +26,23 @@ deps:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; \
 	}
 	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server still missing: install it (Debian: apt-get install redis-server)"; exit 1; }
+
+# The side-by-side comparison (issue #3): 20,000 messages of 2 KiB through
+# Postflow (default sync and sync_interval: always), Postfix and Haraka, then
+# Postflow alone at 1,000 msgs/s offered (latency) and with 100 KiB bodies.
+# Results: loadtest/results/*.json, *.png, *.pprof and docs/benchmarks.md.
+BENCH = $(GO) run ./loadtest --docs docs/benchmarks.md --plot
+bench: bench-deps
+	$(BENCH) --compare --messages 20000 --size 2048 --concurrency 64 --profile --out loadtest/results/latest.json
+	$(BENCH) --systems postflow --messages 20000 --size 2048 --concurrency 64 --rate 1000 --out loadtest/results/latency.json
+	$(BENCH) --systems postflow --messages 10000 --size 102400 --concurrency 64 --out loadtest/results/large.json
+
+bench-deps:
+	@command -v gnuplot >/dev/null 2>&1 || { \
+		echo "gnuplot not found: installing gnuplot-nox with apt-get"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq gnuplot-nox >/dev/null; \
+	}
 
 proto: ## regenerate the committed protobuf code
 	$(GO) tool buf generate

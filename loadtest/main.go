@@ -54,7 +54,7 @@ func run() error {
 	flag.DurationVar(&o.drain, "drain", 90*time.Second, "longest wait for deliveries after submission ends")
 	flag.StringVar(&o.target, "target", "", "gRPC address of a running Postflow to measure instead of starting one (it must route to this run's sink and DNS stub: see README)")
 	flag.StringVar(&o.outJSON, "out", "loadtest/results/latest.json", "JSON report path")
-	flag.StringVar(&o.docs, "docs", "", "update the generated section of this Markdown file (make bench: docs/benchmarks.md)")
+	flag.StringVar(&o.docs, "docs", "", "update the section named after the JSON file (e.g. latest) in this Markdown file")
 	flag.BoolVar(&o.plot, "plot", false, "draw a PNG of throughput and latency beside the JSON (needs gnuplot)")
 	flag.BoolVar(&o.profile, "profile", false, "save Postflow CPU and allocation profiles beside the JSON")
 	flag.IntVar(&o.workerConc, "worker-concurrency", 64, "Postflow worker --concurrency")
@@ -135,7 +135,8 @@ func run() error {
 		fmt.Fprintln(os.Stderr, "wrote", png)
 	}
 	if o.docs != "" {
-		if err := updateDocs(o.docs, rep); err != nil {
+		section := strings.TrimSuffix(filepath.Base(o.outJSON), filepath.Ext(o.outJSON))
+		if err := updateDocs(o.docs, section, rep); err != nil {
 			return err
 		}
 		fmt.Fprintln(os.Stderr, "updated", o.docs)

@@ -167,15 +167,16 @@ func printTable(w io.Writer, rep *report) {
 	}
 }
 
-const docsStart, docsEnd = "<!-- loadtest:begin -->", "<!-- loadtest:end -->"
-
-// updateDocs replaces the generated section of a Markdown file with this
-// report's table and ratios, leaving the hand-written text around it.
-func updateDocs(path string, rep *report) error {
+// updateDocs replaces the generated section named section of a Markdown
+// file (between "<!-- loadtest:begin NAME -->" and "<!-- loadtest:end NAME
+// -->") with this report's table and ratios, leaving the hand-written text
+// around it.
+func updateDocs(path, section string, rep *report) error {
 	old, err := os.ReadFile(path)
 	if err != nil {
 		return err
 	}
+	docsStart, docsEnd := "<!-- loadtest:begin "+section+" -->", "<!-- loadtest:end "+section+" -->"
 	i, j := bytes.Index(old, []byte(docsStart)), bytes.Index(old, []byte(docsEnd))
 	if i < 0 || j < i {
 		return fmt.Errorf("%s has no %s … %s section", path, docsStart, docsEnd)
