@@ -30,7 +30,9 @@ usage() {
 }
 
 check_port() {
-  [[ "$1" =~ ^[0-9]+$ ]] && (( $1 >= 1 && $1 <= 65535 )) || die "bad port: '$1'"
+  if ! [[ "$1" =~ ^[0-9]+$ ]] || (( $1 < 1 || $1 > 65535 )); then
+    die "bad port: '$1'"
+  fi
 }
 
 # Is something accepting TCP connections on 127.0.0.1:$1? (bash's /dev/tcp, no extra tools)
@@ -72,8 +74,8 @@ write_main_cf() {
 
 compatibility_level = 3.6
 
-# --- Private instance paths (Postfix multi-instance style, driven by "postfix -c") ---
-config_directory = $CONF_DIR
+# --- Private instance paths (Postfix multi-instance style, driven by "postfix -c"; the
+# config_directory itself comes from -c and must not be set here) ---
 queue_directory  = $QUEUE_DIR
 data_directory   = $DATA_DIR
 # No syslog daemon runs on this machine: log through postlogd to a file instead, so a
@@ -151,8 +153,9 @@ bounce_queue_lifetime = 1h
 minimal_backoff_time = 10s
 maximal_backoff_time = 60s
 queue_run_delay = 10s
-# Don't send bounce / delay notices anywhere; a bounce would be addressed to the (fake)
-# sender and go to the sink too, which would corrupt the message count.
+# No notices to the postmaster (there is no local delivery to take them) and no
+# "delayed mail" warnings to senders. A real bounce still goes to the sender through the
+# sink, where it shows up as an unexpected extra message -- a visible failure.
 notify_classes =
 delay_warning_time = 0h
 

@@ -23,9 +23,10 @@ import (
 // stalled one does (Postfix's smtp_data_xfer_timeout works per block too).
 const bodyChunk = 64 << 10
 
-// session is one connection to one target. It fills in res for the
-// recipients it decides.
+// session is one attempt at one target, over a pooled or a new connection.
+// It fills in res for the recipients it decides.
 type session struct {
+	client  *Client
 	cfg     *Config
 	target  Target
 	env     Envelope
@@ -42,39 +43,26 @@ func (s *session) run(ctx context.Context) (final bool, err *deliveryerr.Error) 
 		return false, deliveryerr.Temporary(451, "4.4.1", "connection failed",
 			fmt.Errorf("smtpout: invalid address for target %q", s.target.Host))
 	}
-	dctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout)
-	raw, derr := s.cfg.Dialer(dctx, "tcp", s.target.Addr.String())
-	cancel()
-	if derr != nil {
-		return false, netFailure(ctx, "4.4.1", "connection failed", derr)
-	}
-	defer func() { _ = raw.Close() }()
-	// go-smtp takes no context: closing the socket is what interrupts a
-	// blocked read or write when ctx ends.
-	stop := context.AfterFunc(ctx, func() { _ = raw.Close() })
-	defer stop()
-
-	limit, _ := ctx.Deadline()
-	conn := &sessionConn{Conn: raw, limit: limit}
-	c := s.newClient(conn)
-	if err := c.Hello(s.cfg.HelloName); err != nil {
-		return s.early(ctx, err, "banner or EHLO")
-	}
-	if ok, _ := c.Extension("STARTTLS"); ok {
-		tc, final, err := s.startTLS(ctx, conn)
-		if err != nil {
+	pc := s.client.checkout(ctx, poolKey{addr: s.target.Addr, host: s.target.Host})
+	if pc == nil {
+		pc, final, err = s.connect(ctx)
+		if pc == nil {
 			return final, err
 		}
-		if tc != nil {
-			c = tc
-		}
 	}
+	s.res.TLS = pc.tls
+	// keep records that the session ended in step with the server, so it
+	// may serve another message; every path that does not set it closes
+	// the connection without QUIT, as after a network error.
+	keep := false
+	defer func() { s.release(ctx, pc, keep) }()
+	c := pc.client
 
 	if s.env.SMTPUTF8 {
 		if ok, _ := c.Extension("SMTPUTF8"); !ok {
 			err := deliveryerr.Permanent(550, "5.6.7", "recipient server does not support SMTPUTF8", nil)
 			s.res.failAll(s.pending, err)
-			s.quit(c)
+			keep = true
 			return true, err
 		}
 	}
@@ -82,19 +70,83 @@ func (s *session) run(ctx context.Context) (final bool, err *deliveryerr.Error) 
 		err := deliveryerr.Permanent(552, "5.3.4", "message size exceeds fixed maximum message size",
 			fmt.Errorf("smtpout: %d bytes, server limit %d", len(s.body), maxSize))
 		s.res.failAll(s.pending, err)
-		s.quit(c)
+		keep = true
 		return true, err
 	}
 
 	if err := c.Mail(s.env.From, &smtp.MailOptions{Size: int64(len(s.body)), UTF8: s.env.SMTPUTF8}); err != nil {
+		keep = reusable(err)
 		return s.early(ctx, err, "MAIL")
 	}
-	return true, s.transaction(ctx, c, conn)
+	var de *deliveryerr.Error
+	de, keep = s.transaction(ctx, c, pc.sc)
+	return true, de
+}
+
+// connect dials the target, reads the banner, sends EHLO and negotiates
+// STARTTLS. It returns the session armed with ctx, or nil with the outcome
+// as for run.
+func (s *session) connect(ctx context.Context) (*smtpConn, bool, *deliveryerr.Error) {
+	dctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout)
+	raw, derr := s.cfg.Dialer(dctx, "tcp", s.target.Addr.String())
+	cancel()
+	if derr != nil {
+		return nil, false, netFailure(ctx, "4.4.1", "connection failed", derr)
+	}
+	conn := &sessionConn{Conn: raw}
+	pc := &smtpConn{key: poolKey{addr: s.target.Addr, host: s.target.Host}, raw: raw, sc: conn, wire: conn}
+	pc.arm(ctx)
+	fail := func(final bool, err *deliveryerr.Error) (*smtpConn, bool, *deliveryerr.Error) {
+		pc.stop()
+		_ = raw.Close()
+		return nil, final, err
+	}
+
+	c := s.newClient(conn)
+	if err := c.Hello(s.cfg.HelloName); err != nil {
+		return fail(s.early(ctx, err, "banner or EHLO"))
+	}
+	if ok, _ := c.Extension("STARTTLS"); ok {
+		tc, wire, final, err := s.startTLS(ctx, conn)
+		if err != nil {
+			return fail(final, err)
+		}
+		if tc != nil {
+			c = tc
+			pc.wire = wire
+		} else {
+			pc.noReuse = true
+		}
+	}
+	pc.client = c
+	pc.tls = s.res.TLS
+	return pc, false, nil
+}
+
+// release ends the session's use by this Deliver call: back to the pool if
+// keep allows and there is room, otherwise QUIT (if in step) and close.
+func (s *session) release(ctx context.Context, pc *smtpConn, keep bool) {
+	pc.uses++
+	// Disarm first: once pooled, the session must not be closed by this
+	// ctx ending. stop reports false if ctx already closed the socket.
+	if keep && pc.stop() {
+		if s.client.checkin(pc) {
+			return
+		}
+		pc.arm(ctx)
+	}
+	if keep {
+		s.quit(pc.client)
+	}
+	pc.stop()
+	_ = pc.raw.Close()
 }
 
 // transaction runs RCPT, DATA and the body once MAIL is accepted. From here
-// on every recipient's outcome is decided by this session.
-func (s *session) transaction(ctx context.Context, c *smtp.Client, conn *sessionConn) *deliveryerr.Error {
+// on every recipient's outcome is decided by this session. keep reports
+// that the session ended in step with the server and may be reused.
+func (s *session) transaction(ctx context.Context, c *smtp.Client, conn *sessionConn) (de *deliveryerr.Error, keep bool) {
+	closing := false // a 421 reply: the server is ending the session
 	var accepted []int
 	for k, i := range s.pending {
 		err := c.Rcpt(s.env.To[i], nil)
@@ -105,26 +157,27 @@ func (s *session) transaction(ctx context.Context, c *smtp.Client, conn *session
 		var se *smtp.SMTPError
 		if errors.As(err, &se) {
 			s.res.Recipients[i] = RcptResult{Err: fromSMTP(se)}
+			closing = closing || se.Code == 421
 			continue
 		}
 		de := netFailure(ctx, "4.4.2", "connection dropped during RCPT", err)
 		s.res.failAll(accepted, de)
 		s.res.failAll(s.pending[k:], de)
-		return de
+		return de, false
 	}
 	if len(accepted) == 0 {
-		s.quit(c)
-		return nil
+		// The transaction stays open; the RSET before reuse ends it.
+		return nil, !closing
 	}
 
 	w, err := c.Data()
 	if err != nil {
-		return s.dataFailed(ctx, c, accepted, err, "connection dropped during DATA")
+		return s.dataFailed(ctx, accepted, err, "connection dropped during DATA"), !closing && reusable(err)
 	}
 	if err := writeBody(conn, w, s.body, s.cfg.CommandTimeout); err != nil {
 		de := netFailure(ctx, "4.4.2", "connection dropped during DATA", err)
 		s.res.failAll(accepted, de)
-		return de
+		return de, false
 	}
 	readsBefore := conn.reads
 	resp, err := w.CloseWithResponse()
@@ -138,27 +191,25 @@ func (s *session) transaction(ctx context.Context, c *smtp.Client, conn *session
 			for _, i := range accepted {
 				s.res.Recipients[i] = RcptResult{Err: de, PossibleDuplicate: true}
 			}
-			return de
+			return de, false
 		}
-		return s.dataFailed(ctx, c, accepted, err, "connection dropped during DATA")
+		return s.dataFailed(ctx, accepted, err, "connection dropped during DATA"), !closing && reusable(err)
 	}
 	s.res.Reply = parseReply(250, resp.StatusText)
 	for _, i := range accepted {
 		s.res.Recipients[i] = RcptResult{Delivered: true}
 	}
-	s.quit(c)
-	return nil
+	return nil, !closing
 }
 
 // dataFailed records a failed DATA command or final reply for the accepted
 // recipients: the server's reply if there was one, else a dropped
 // connection.
-func (s *session) dataFailed(ctx context.Context, c *smtp.Client, accepted []int, err error, dropped string) *deliveryerr.Error {
+func (s *session) dataFailed(ctx context.Context, accepted []int, err error, dropped string) *deliveryerr.Error {
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {
 		de := fromSMTP(se)
 		s.res.failAll(accepted, de)
-		s.quit(c)
 		return de
 	}
 	de := netFailure(ctx, "4.4.2", dropped, err)
@@ -184,13 +235,14 @@ func (s *session) early(ctx context.Context, err error, phase string) (bool, *de
 
 // startTLS upgrades the connection. go-smtp only offers STARTTLS as part of
 // its own dialling, before our EHLO name is set, so the command is spoken
-// here and a new client continues over TLS. A nil client with a nil error
-// means the server refused STARTTLS and the session continues in plain text
-// on the old client, as RFC 3207 §4 allows opportunistic clients to do.
-func (s *session) startTLS(ctx context.Context, conn *sessionConn) (*smtp.Client, bool, *deliveryerr.Error) {
+// here and a new client continues over the TLS connection, which is
+// returned with it. A nil client with a nil error means the server refused
+// STARTTLS and the session continues in plain text on the old client, as
+// RFC 3207 §4 allows opportunistic clients to do.
+func (s *session) startTLS(ctx context.Context, conn *sessionConn) (*smtp.Client, net.Conn, bool, *deliveryerr.Error) {
 	_ = conn.SetDeadline(time.Now().Add(s.cfg.CommandTimeout))
 	if _, err := io.WriteString(conn, "STARTTLS\r\n"); err != nil {
-		return nil, false, netFailure(ctx, "4.4.2", "connection dropped during STARTTLS", err)
+		return nil, nil, false, netFailure(ctx, "4.4.2", "connection dropped during STARTTLS", err)
 	}
 	// The go-smtp client's buffer is empty here: it has read the EHLO reply
 	// and the server may not send anything before our next command.
@@ -200,16 +252,16 @@ func (s *session) startTLS(ctx context.Context, conn *sessionConn) (*smtp.Client
 	switch {
 	case errors.As(err, &pe) && code != 421 && br.Buffered() == 0:
 		_ = conn.SetDeadline(time.Time{})
-		return nil, false, nil
+		return nil, nil, false, nil
 	case errors.As(err, &pe):
 		// 421: the server is closing the connection; try the next target.
-		return nil, false, parseReply(code, msg)
+		return nil, nil, false, parseReply(code, msg)
 	case err != nil:
-		return nil, false, netFailure(ctx, "4.4.2", "connection dropped during STARTTLS", err)
+		return nil, nil, false, netFailure(ctx, "4.4.2", "connection dropped during STARTTLS", err)
 	case br.Buffered() > 0:
 		// Bytes after the 220 were sent in plain text and would be read
 		// as if they came over TLS (STARTTLS command injection, CVE-2011-0411).
-		return nil, false, deliveryerr.Temporary(451, "4.7.0", "unexpected data after STARTTLS reply",
+		return nil, nil, false, deliveryerr.Temporary(451, "4.7.0", "unexpected data after STARTTLS reply",
 			errors.New("smtpout: plaintext data after 220 to STARTTLS"))
 	}
 
@@ -232,7 +284,7 @@ func (s *session) startTLS(ctx context.Context, conn *sessionConn) (*smtp.Client
 	}
 	tc := tls.Client(conn, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
-		return nil, false, deliveryerr.Temporary(451, "4.7.5", "TLS handshake failed", err)
+		return nil, nil, false, deliveryerr.Temporary(451, "4.7.5", "TLS handshake failed", err)
 	}
 	_ = conn.SetDeadline(time.Time{})
 	state := tc.ConnectionState()
@@ -248,9 +300,9 @@ func (s *session) startTLS(ctx context.Context, conn *sessionConn) (*smtp.Client
 	c := s.newClient(&greetedConn{Conn: tc, greeting: strings.NewReader("220 TLS session started\r\n")})
 	if err := c.Hello(s.cfg.HelloName); err != nil {
 		final, de := s.early(ctx, err, "EHLO after STARTTLS")
-		return nil, final, de
+		return nil, nil, final, de
 	}
-	return c, false, nil
+	return c, tc, false, nil
 }
 
 func (s *session) newClient(conn net.Conn) *smtp.Client {

@@ -3,6 +3,11 @@
 // opportunistic STARTTLS, sends the envelope and the body, and reports a
 // per-recipient outcome as *deliveryerr.Error values.
 //
+// Sessions outlive a Deliver call: a session that ended in step with the
+// server is kept idle and carries the next message to the same target after
+// an RSET, as Postfix's connection cache does, which saves the connect,
+// banner, EHLO and STARTTLS round trips. Close the Client to end them.
+//
 // It does not resolve MX records, choose or order targets, retry later,
 // enforce MTA-STS or DANE, or queue anything: callers pass the targets and
 // decide what to do with temporary failures. It is built on the
@@ -11,6 +16,7 @@
 package smtpout
 
 import (
+	"container/list"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -18,6 +24,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/postflow/postflow/pkg/deliveryerr"
@@ -40,6 +47,30 @@ const (
 	// DefaultMaxSessions is Postfix's smtp_mx_session_limit: how many hosts
 	// one delivery attempt may try before it gives up until the next retry.
 	DefaultMaxSessions = 2
+	// DefaultMaxIdlePerHost is how many idle sessions are kept per target.
+	// Each one holds a slot in the receiver's connection limit (Postfix
+	// smtpd's default process limit of 100 is shared by every client), so
+	// only enough are kept for a worker's usual concurrency per destination;
+	// busier moments dial more and close the surplus.
+	DefaultMaxIdlePerHost = 8
+	// DefaultIdleTimeout is how long an idle session is kept. Postfix keeps
+	// cached sessions for 2s (smtp_connection_cache_time_limit) because it
+	// caches on demand, for a backlog already queued to the destination; a
+	// worker's traffic to a big receiver or a relay arrives at a steady
+	// rate instead, with gaps of seconds between messages. RFC 5321
+	// §4.5.3.2.7 has servers wait at least 5 minutes for a command, but
+	// busy servers cut that (Postfix smtpd under stress waits 10s): the
+	// longer a session sits, the likelier the server has dropped it, and a
+	// failed RSET costs a round trip on top of the new dial.
+	DefaultIdleTimeout = 30 * time.Second
+	// DefaultMaxMessagesPerConn is how many messages one session carries
+	// before it is ended with QUIT. By then the connect, EHLO and STARTTLS
+	// cost is shared a hundredfold; a bound lets DNS and load-balancer
+	// changes take effect, spreads long-running traffic over the MX hosts,
+	// and stays under the per-connection message caps receivers enforce.
+	// Postfix's smtp_connection_reuse_count_limit is unlimited by default
+	// but its smtp_connection_reuse_time_limit (300s) plays the same role.
+	DefaultMaxMessagesPerConn = 100
 )
 
 // quitTimeout bounds the wait for the reply to QUIT. The outcome is decided
@@ -76,6 +107,17 @@ type Config struct {
 	MaxSessions int
 	// Dialer opens TCP connections. Default (&net.Dialer{}).DialContext.
 	Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
+	// MaxIdlePerHost caps the idle sessions kept per target (address and
+	// host name) for later messages. Default DefaultMaxIdlePerHost; a
+	// negative value turns connection reuse off, so that every Deliver
+	// call opens and ends its own sessions.
+	MaxIdlePerHost int
+	// IdleTimeout is how long a session may stay idle and still be reused.
+	// Default DefaultIdleTimeout.
+	IdleTimeout time.Duration
+	// MaxMessagesPerConn caps how many Deliver calls one session serves.
+	// Default DefaultMaxMessagesPerConn.
+	MaxMessagesPerConn int
 }
 
 // Validate reports every invalid field, joined. Zero values are valid: they
@@ -96,6 +138,12 @@ func (cfg Config) Validate() error {
 	}
 	if cfg.MaxSessions < 0 {
 		errs = append(errs, errors.New("smtpout: max sessions must not be negative"))
+	}
+	if cfg.IdleTimeout < 0 {
+		errs = append(errs, errors.New("smtpout: idle timeout must not be negative"))
+	}
+	if cfg.MaxMessagesPerConn < 0 {
+		errs = append(errs, errors.New("smtpout: max messages per connection must not be negative"))
 	}
 	return errors.Join(errs...)
 }
@@ -122,19 +170,36 @@ func (cfg Config) withDefaults() Config {
 	if cfg.Dialer == nil {
 		cfg.Dialer = (&net.Dialer{}).DialContext
 	}
+	if cfg.MaxIdlePerHost == 0 {
+		cfg.MaxIdlePerHost = DefaultMaxIdlePerHost
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.MaxMessagesPerConn <= 0 {
+		cfg.MaxMessagesPerConn = DefaultMaxMessagesPerConn
+	}
 	return cfg
 }
 
-// Client delivers messages. It holds no connections between calls and is
-// safe for concurrent use.
+// Client delivers messages. It is safe for concurrent use. Between calls it
+// keeps idle sessions, at most MaxIdlePerHost per target, each for at most
+// IdleTimeout; they expire when the Client is next used, not on a timer, so
+// the Client starts no goroutines. Call Close when done with it.
 type Client struct {
 	cfg Config
+	now func() time.Time // replaced by tests
+
+	mu     sync.Mutex
+	idle   map[poolKey][]*smtpConn // idle sessions per key, oldest first
+	lru    list.List               // every idle *smtpConn, oldest first
+	closed bool
 }
 
 // New returns a Client. Zero or invalid fields of cfg are replaced by their
 // defaults; call Config.Validate first to reject bad configuration.
 func New(cfg Config) *Client {
-	return &Client{cfg: cfg.withDefaults()}
+	return &Client{cfg: cfg.withDefaults(), now: time.Now}
 }
 
 // Envelope is the SMTP envelope of one message.
@@ -189,7 +254,10 @@ type Result struct {
 // must be the complete message with CRLF line endings; any bare CR or LF is
 // sent as CRLF so that none reaches the wire.
 //
-// Targets are tried in order, at most MaxSessions of them. A failed connect,
+// Targets are tried in order, at most MaxSessions of them. A session to a
+// target may be an idle one left by an earlier call; one that no longer
+// answers RSET is closed and replaced by a new connection without counting
+// as a failure. A failed connect,
 // a 4xx reply to the banner, EHLO, STARTTLS or MAIL, or a dropped connection
 // before RCPT moves on to the next target; a 5xx reply to the banner, EHLO or
 // MAIL fails every recipient permanently. The first session that gets past
@@ -229,7 +297,7 @@ func (c *Client) Deliver(ctx context.Context, targets []Target, env Envelope, bo
 	for _, t := range targets[:min(len(targets), c.cfg.MaxSessions)] {
 		res.Target = t
 		res.TLS = TLSInfo{}
-		s := &session{cfg: &c.cfg, target: t, env: env, body: body, pending: pending, res: &res}
+		s := &session{client: c, cfg: &c.cfg, target: t, env: env, body: body, pending: pending, res: &res}
 		final, err := s.run(ctx)
 		if final {
 			return res

@@ -202,7 +202,10 @@ func (a *app) run(ctx context.Context) error {
 			return err
 		}
 		lim := shaping.NewLocal(shaping.DefaultLimits())
+		sender := smtpout.New(smtpout.Config{HelloName: a.cfg.Hostname})
 		g.Go(func() error {
+			// Idle SMTP sessions are closed once the worker has drained.
+			defer func() { _ = sender.Close() }()
 			return worker.Run(gctx, worker.Config{
 				Concurrency:     a.cfg.Concurrency,
 				Retry:           a.cfg.retrySchedule(),
@@ -213,7 +216,7 @@ func (a *app) run(ctx context.Context) error {
 			}, worker.Deps{
 				JS:      a.js,
 				Router:  router,
-				Sender:  smtpout.New(smtpout.Config{HelloName: a.cfg.Hostname}),
+				Sender:  sender,
 				Limiter: lim,
 				Logger:  a.log,
 			})

@@ -1,0 +1,237 @@
+package smtpout
+
+import (
+	"bufio"
+	"container/list"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"net/textproto"
+	"slices"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// resetTimeout bounds the RSET that checks an idle session before reuse. A
+// live server answers RSET at once and a fresh connection is always an
+// alternative, so waiting as long as for a real command (Postfix's
+// smtp_rset_timeout is 20s) would only delay the message.
+const resetTimeout = 10 * time.Second
+
+// abandonTimeout bounds the write of the QUIT sent, without waiting for the
+// reply, to a session closed from the pool. An idle session has nothing
+// queued, so the write does not block unless the socket is wedged.
+const abandonTimeout = time.Second
+
+// poolKey identifies the idle sessions that may carry a message to a target.
+// host is part of it because a STARTTLS session was set up (SNI and
+// certificate check) for one name and must not serve another. The TLS policy
+// is the Client's (one TLSConfig, always opportunistic) and so is implied by
+// the pool; a per-target policy would have to join the key.
+type poolKey struct {
+	addr netip.AddrPort
+	host string
+}
+
+// smtpConn is an established SMTP session with one target: greeted, EHLO
+// done and, when offered, STARTTLS done. One goroutine uses it at a time;
+// while idle it belongs to the Client's pool.
+type smtpConn struct {
+	key    poolKey
+	raw    net.Conn     // the TCP connection; closing it ends the session
+	sc     *sessionConn // raw, with the current Deliver's ctx deadline
+	wire   net.Conn     // what client speaks over: sc, or TLS over sc
+	client *smtp.Client
+	tls    TLSInfo
+	// noReuse marks a session that must end after this message: it
+	// continued in plain text after the server refused STARTTLS, and a new
+	// connection may find TLS working again.
+	noReuse bool
+	uses    int         // Deliver calls this session has served
+	stop    func() bool // disarms the current Deliver's ctx AfterFunc
+
+	idleSince time.Time
+	elem      *list.Element // in Client.lru while idle
+}
+
+// arm makes ctx bound the session: deadlines are clamped to ctx's deadline
+// and cancelling ctx closes the socket, which is the only way to interrupt
+// go-smtp, whose client takes no context.
+func (pc *smtpConn) arm(ctx context.Context) {
+	pc.sc.limit, _ = ctx.Deadline()
+	pc.stop = context.AfterFunc(ctx, func() { _ = pc.raw.Close() })
+}
+
+// reset sends RSET and waits for its 250. go-smtp's Client.Reset is not used
+// because it also forgets the EHLO, so the next MAIL would repeat EHLO: one
+// more round trip on every reused message. The command is spoken directly,
+// as for STARTTLS; go-smtp's reader is empty between commands.
+func (pc *smtpConn) reset(timeout time.Duration) error {
+	_ = pc.wire.SetDeadline(time.Now().Add(timeout))
+	defer func() { _ = pc.wire.SetDeadline(time.Time{}) }()
+	if _, err := io.WriteString(pc.wire, "RSET\r\n"); err != nil {
+		return err
+	}
+	br := bufio.NewReaderSize(pc.wire, 512)
+	if _, _, err := textproto.NewReader(br).ReadResponse(250); err != nil {
+		return err
+	}
+	if br.Buffered() > 0 {
+		// Something arrived unasked; the session is out of step.
+		return errors.New("smtpout: unexpected data after RSET reply")
+	}
+	return nil
+}
+
+// abandon ends an idle session without waiting for the server: QUIT is
+// written so that the server logs a clean end, and the socket is closed.
+func (pc *smtpConn) abandon() error {
+	pc.sc.limit = time.Time{}
+	_ = pc.wire.SetWriteDeadline(time.Now().Add(abandonTimeout))
+	_, _ = io.WriteString(pc.wire, "QUIT\r\n")
+	return pc.raw.Close()
+}
+
+// reusable reports whether a failed command left the session in step with
+// the server: it answered, and not with 421, which announces that it is
+// closing the connection (RFC 5321 §3.8). Any other error (network, timeout,
+// cancellation) leaves the protocol state unknown.
+func reusable(err error) bool {
+	var se *smtp.SMTPError
+	return errors.As(err, &se) && se.Code != 421
+}
+
+// checkout returns a pooled session for key that answered RSET, armed with
+// ctx, or nil if there is none. Sessions that are too old or fail RSET are
+// closed and the next one is tried.
+func (c *Client) checkout(ctx context.Context, key poolKey) *smtpConn {
+	for ctx.Err() == nil {
+		pc := c.take(key)
+		if pc == nil {
+			return nil
+		}
+		pc.arm(ctx)
+		if err := pc.reset(min(c.cfg.CommandTimeout, resetTimeout)); err != nil {
+			pc.stop()
+			_ = pc.raw.Close()
+			continue
+		}
+		return pc
+	}
+	return nil
+}
+
+// take removes and returns the most recently used idle session for key, so
+// that the older ones age out when traffic drops.
+func (c *Client) take(key poolKey) *smtpConn {
+	if c.cfg.MaxIdlePerHost < 0 {
+		return nil
+	}
+	c.mu.Lock()
+	expired := c.expireLocked()
+	var pc *smtpConn
+	if idle := c.idle[key]; len(idle) > 0 {
+		pc = idle[len(idle)-1]
+		idle[len(idle)-1] = nil
+		c.setIdleLocked(key, idle[:len(idle)-1])
+		c.lru.Remove(pc.elem)
+		pc.elem = nil
+	}
+	c.mu.Unlock()
+	_ = abandonAll(expired) // closing stale sockets: nothing to do about a failure
+	return pc
+}
+
+// checkin puts pc, already disarmed, into the pool. It reports false, and
+// leaves pc to the caller, when reuse is off, the Client is closed, pc has
+// served MaxMessagesPerConn messages, or MaxIdlePerHost sessions for its
+// key are already idle.
+func (c *Client) checkin(pc *smtpConn) bool {
+	if c.cfg.MaxIdlePerHost < 0 || pc.noReuse || pc.uses >= c.cfg.MaxMessagesPerConn {
+		return false
+	}
+	c.mu.Lock()
+	expired := c.expireLocked()
+	ok := !c.closed && len(c.idle[pc.key]) < c.cfg.MaxIdlePerHost
+	if ok {
+		if c.idle == nil {
+			c.idle = make(map[poolKey][]*smtpConn)
+		}
+		pc.idleSince = c.now()
+		pc.elem = c.lru.PushBack(pc)
+		c.idle[pc.key] = append(c.idle[pc.key], pc)
+	}
+	c.mu.Unlock()
+	_ = abandonAll(expired) // closing stale sockets: nothing to do about a failure
+	return ok
+}
+
+// expireLocked removes every session idle for IdleTimeout or longer and
+// returns them for closing outside the lock. c.lru is in check-in order, so
+// the expired sessions are at its front, and each is the oldest of its key.
+func (c *Client) expireLocked() []*smtpConn {
+	var expired []*smtpConn
+	now := c.now()
+	for e := c.lru.Front(); e != nil; e = c.lru.Front() {
+		pc := e.Value.(*smtpConn)
+		if now.Sub(pc.idleSince) < c.cfg.IdleTimeout {
+			break
+		}
+		c.lru.Remove(e)
+		pc.elem = nil
+		// Both lists are in check-in order, so pc is normally idle[0].
+		idle := c.idle[pc.key]
+		if i := slices.Index(idle, pc); i >= 0 {
+			c.setIdleLocked(pc.key, slices.Delete(idle, i, i+1))
+		}
+		expired = append(expired, pc)
+	}
+	return expired
+}
+
+func (c *Client) setIdleLocked(key poolKey, idle []*smtpConn) {
+	if len(idle) == 0 {
+		delete(c.idle, key)
+		return
+	}
+	c.idle[key] = idle
+}
+
+// idleLen returns how many sessions are idle in the pool.
+func (c *Client) idleLen() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lru.Len()
+}
+
+// Close closes the idle sessions and stops the Client from keeping any
+// more: a Deliver call in progress or made later still works, but ends its
+// session when done. Close does not wait for the servers' replies to QUIT.
+// The error joins the failures to close sockets, which affect no delivery.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	all := make([]*smtpConn, 0, c.lru.Len())
+	for e := c.lru.Front(); e != nil; e = e.Next() {
+		pc := e.Value.(*smtpConn)
+		pc.elem = nil
+		all = append(all, pc)
+	}
+	c.lru.Init()
+	c.idle = nil
+	c.mu.Unlock()
+	return abandonAll(all)
+}
+
+func abandonAll(pcs []*smtpConn) error {
+	var errs []error
+	for _, pc := range pcs {
+		if err := pc.abandon(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
