@@ -41,7 +41,7 @@ bench-deps:
 	@command -v gnuplot >/dev/null 2>&1 || { \
 		echo "gnuplot not found: installing gnuplot-nox with apt-get"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq gnuplot-nox >/dev/null; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends gnuplot-nox >/dev/null; \
 	}
 
 proto: ## regenerate the committed protobuf code

@@ -202,7 +202,9 @@ func (a *app) run(ctx context.Context) error {
 			return err
 		}
 		lim := shaping.NewLocal(shaping.DefaultLimits())
-		sender := smtpout.New(smtpout.Config{HelloName: a.cfg.Hostname})
+		// Keep as many idle sessions per host as jobs may run at once, so a
+		// busy destination is not re-dialed after every burst.
+		sender := smtpout.New(smtpout.Config{HelloName: a.cfg.Hostname, MaxIdlePerHost: a.cfg.Concurrency})
 		g.Go(func() error {
 			// Idle SMTP sessions are closed once the worker has drained.
 			defer func() { _ = sender.Close() }()
