@@ -24,8 +24,9 @@ type Config struct {
 	ServiceName string
 	Version     string
 	// OTLPTraces enables the OTLP/gRPC trace exporter, configured by the
-	// standard OTEL_EXPORTER_OTLP_* variables. Without it spans are still
-	// created (trace ids reach logs and NATS headers) but not exported.
+	// standard OTEL_EXPORTER_OTLP_* variables (and the sampler by
+	// OTEL_TRACES_SAMPLER). Without it spans are not recorded, but trace ids
+	// are still made and reach logs and NATS headers.
 	OTLPTraces bool
 }
 
@@ -56,6 +57,11 @@ func Setup(ctx context.Context, cfg Config) (*Providers, error) {
 	otel.SetMeterProvider(mp)
 
 	tpOpts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
+	if !cfg.OTLPTraces {
+		// Nothing would export them, so spans are not recorded; they still
+		// get trace and span ids, which reach logs and NATS headers.
+		tpOpts = append(tpOpts, sdktrace.WithSampler(sdktrace.NeverSample()))
+	}
 	if cfg.OTLPTraces {
 		te, err := otlptracegrpc.New(ctx)
 		if err != nil {
