@@ -55,6 +55,8 @@ type result struct {
 	Phantom       int64        `json:"phantom"`
 	Processes     []procResult `json:"processes"`
 	JSBytesPerMsg float64      `json:"jetstream_bytes_per_queued_msg,omitempty"`
+	SinkSessions  int64        `json:"sink_sessions"`
+	SinkPeakConc  int64        `json:"sink_peak_concurrent_sessions"`
 	SinkBound     bool         `json:"sink_bound"`
 }
 
@@ -66,6 +68,8 @@ func (r *result) fill(l *load, snk *sink) {
 		r.FirstError = v
 	}
 	r.Phantom = snk.phantom.Load()
+	r.SinkSessions = snk.sessions.Load()
+	r.SinkPeakConc = snk.peak.Load()
 	var sendLat, e2e []float64
 	var last int64
 	for seq := range l.messages {
@@ -154,8 +158,9 @@ func printTable(w io.Writer, rep *report) {
 			parts = append(parts, fmt.Sprintf("%s %.1f CPU-s, %.0f MiB peak", p.Name, p.CPUSeconds, p.PeakRSSMB))
 		}
 		extra := ""
+		extra = fmt.Sprintf("; sink saw %d sessions, at most %d at once", r.SinkSessions, r.SinkPeakConc)
 		if r.JSBytesPerMsg > 0 {
-			extra = fmt.Sprintf("; JetStream %.0f bytes per queued job", r.JSBytesPerMsg)
+			extra += fmt.Sprintf("; JetStream %.0f bytes per queued job", r.JSBytesPerMsg)
 		}
 		if r.SinkBound {
 			extra += "; SINK-BOUND: within 20% of the sink's ceiling"
