@@ -33,6 +33,7 @@ type options struct {
 	plot        bool
 	profile     bool
 	workerConc  int
+	postflowBin string
 }
 
 func main() {
@@ -58,6 +59,7 @@ func run() error {
 	flag.BoolVar(&o.plot, "plot", false, "draw a PNG of throughput and latency beside the JSON (needs gnuplot)")
 	flag.BoolVar(&o.profile, "profile", false, "save Postflow CPU and allocation profiles beside the JSON")
 	flag.IntVar(&o.workerConc, "worker-concurrency", 64, "Postflow worker --concurrency")
+	flag.StringVar(&o.postflowBin, "postflow-bin", "", "use this postflow binary instead of building ./services/postflow (to measure an older build)")
 	flag.Parse()
 	o.systems = strings.Split(*systems, ",")
 	if *compare {
@@ -110,6 +112,9 @@ func run() error {
 			fmt.Fprintln(os.Stderr, "building postflow and nats-server")
 			if bin, err = buildBinaries(ctx, filepath.Join(work, "bin")); err != nil {
 				return err
+			}
+			if o.postflowBin != "" {
+				bin.postflow = o.postflowBin
 			}
 		}
 		r, err := runSystem(ctx, name, o, bin, work, snk, dns, run+"-"+name)

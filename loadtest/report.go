@@ -137,7 +137,7 @@ func (rep *report) write(path string) error {
 
 func label(r *result) string {
 	if r.System == "postflow" && r.Durability == "sync_always" {
-		return "postflow (sync always)"
+		return "postflow-sync"
 	}
 	return r.System
 }

@@ -50,7 +50,7 @@ func runSystem(ctx context.Context, name string, o options, bin *binaries, work 
 			return nil, err
 		}
 		var err error
-		pf, err = startPostflow(ctx, bin, dir, postflowOptions{syncAlways: name == "postflow-sync", sinkPort: snk.addr.Port, dnsAddr: dns.addr, concurrency: o.workerConc})
+		pf, err = startPostflow(ctx, bin, dir, postflowOptions{syncAlways: name == "postflow-sync", pprof: o.profile, sinkPort: snk.addr.Port, dnsAddr: dns.addr, concurrency: o.workerConc})
 		if err != nil {
 			return nil, err
 		}

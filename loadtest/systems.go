@@ -60,6 +60,7 @@ type postflowSystem struct {
 
 type postflowOptions struct {
 	syncAlways  bool
+	pprof       bool
 	sinkPort    int
 	dnsAddr     string
 	concurrency int
@@ -92,13 +93,17 @@ func startPostflow(ctx context.Context, bin *binaries, workDir string, o postflo
 	httpPort, _ := freePort()
 	s.grpcAddr = fmt.Sprintf("127.0.0.1:%d", grpcPort)
 	s.httpAddr = fmt.Sprintf("127.0.0.1:%d", httpPort)
-	if s.postflow, err = s.spawn(bin.postflow, "postflow.log", "serve",
+	args := []string{"serve",
 		"--roles=api,worker", "--nats-url", s.natsURL,
 		"--grpc-addr", s.grpcAddr, "--http-addr", s.httpAddr,
 		"--dns-server", o.dnsAddr, "--smtp-port", strconv.Itoa(o.sinkPort),
-		"--allow-private-mx", "--simulator=false", "--pprof",
+		"--allow-private-mx", "--simulator=false",
 		"--concurrency", strconv.Itoa(o.concurrency), "--log-level", "warn",
-	); err != nil {
+	}
+	if o.pprof {
+		args = append(args, "--pprof")
+	}
+	if s.postflow, err = s.spawn(bin.postflow, "postflow.log", args...); err != nil {
 		_ = s.stop()
 		return nil, err
 	}
