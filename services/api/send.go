@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -72,6 +73,12 @@ func (s *Server) send(ctx context.Context, req *postflowv1.SendRequest) (*postfl
 	msgID := newMessageID(tenant, req.GetIdempotencyKey())
 	acceptedAt := timestamppb.New(now)
 	expireAt := timestamppb.New(now.Add(s.cfg.MaxAge))
+	if req.GetExpireAt() != nil {
+		if err := validExpireAt(req.GetExpireAt(), now, s.cfg.MaxAge); err != nil {
+			return nil, err
+		}
+		expireAt = req.GetExpireAt()
+	}
 
 	resp := &postflowv1.SendResponse{MessageId: msgID}
 	queued := make([]*postflowv1.Event, 0, len(built.Recipients))
@@ -161,4 +168,23 @@ func (s *Server) GetMessage(ctx context.Context, req *postflowv1.GetMessageReque
 		}
 	}
 	return resp, nil
+}
+
+// validExpireAt checks a caller's expire_at: a valid timestamp after now
+// and no later than maxAge from now.
+func validExpireAt(ts *timestamppb.Timestamp, now time.Time, maxAge time.Duration) error {
+	violation := func(desc string) error {
+		return &mailmsg.ValidationError{Violations: []mailmsg.FieldError{{Field: "expire_at", Description: desc}}}
+	}
+	if err := ts.CheckValid(); err != nil {
+		return violation("not a valid timestamp")
+	}
+	t := ts.AsTime()
+	switch {
+	case !t.After(now):
+		return violation("must be in the future")
+	case t.After(now.Add(maxAge)):
+		return violation(fmt.Sprintf("must be within the maximum age (%v) from now", maxAge))
+	}
+	return nil
 }

@@ -220,7 +220,12 @@ type SendRequest struct {
 	// Received, Return-Path, DKIM-Signature, ARC-* or Authentication-Results
 	// header, no line over 998 octets and no NUL; violations are reported on
 	// field "raw".
-	Raw           []byte `protobuf:"bytes,13,opt,name=raw,proto3" json:"raw,omitempty"`
+	Raw []byte `protobuf:"bytes,13,opt,name=raw,proto3" json:"raw,omitempty"`
+	// ExpireAt, if set, bounds retries for this message: temporary failures
+	// after it make the recipient expired (RFC 3463 4.4.7). It must be in the
+	// future and no later than the server's maximum age (--max-age, default
+	// 5 days) from now; unset means that maximum age.
+	ExpireAt      *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=expire_at,json=expireAt,proto3" json:"expire_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -342,6 +347,13 @@ func (x *SendRequest) GetIdempotencyKey() string {
 func (x *SendRequest) GetRaw() []byte {
 	if x != nil {
 		return x.Raw
+	}
+	return nil
+}
+
+func (x *SendRequest) GetExpireAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireAt
 	}
 	return nil
 }
@@ -765,7 +777,7 @@ const file_postflow_v1_mail_proto_rawDesc = "" +
 	"\x16postflow/v1/mail.proto\x12\vpostflow.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"2\n" +
 	"\x06Header\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\xaf\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xe8\x03\n" +
 	"\vSendRequest\x12\x12\n" +
 	"\x04from\x18\x01 \x01(\tR\x04from\x12\x0e\n" +
 	"\x02to\x18\x02 \x03(\tR\x02to\x12\x0e\n" +
@@ -780,7 +792,8 @@ const file_postflow_v1_mail_proto_rawDesc = "" +
 	" \x03(\tR\x04tags\x12B\n" +
 	"\bmetadata\x18\v \x03(\v2&.postflow.v1.SendRequest.MetadataEntryR\bmetadata\x12'\n" +
 	"\x0fidempotency_key\x18\f \x01(\tR\x0eidempotencyKey\x12\x10\n" +
-	"\x03raw\x18\r \x01(\fR\x03raw\x1a;\n" +
+	"\x03raw\x18\r \x01(\fR\x03raw\x127\n" +
+	"\texpire_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\bexpireAt\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"m\n" +
@@ -861,21 +874,22 @@ var file_postflow_v1_mail_proto_goTypes = []any{
 	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
 }
 var file_postflow_v1_mail_proto_depIdxs = []int32{
-	1, // 0: postflow.v1.SendRequest.headers:type_name -> postflow.v1.Header
-	8, // 1: postflow.v1.SendRequest.metadata:type_name -> postflow.v1.SendRequest.MetadataEntry
-	4, // 2: postflow.v1.SendResponse.recipients:type_name -> postflow.v1.AcceptedRecipient
-	0, // 3: postflow.v1.Event.state:type_name -> postflow.v1.RecipientState
-	9, // 4: postflow.v1.Event.time:type_name -> google.protobuf.Timestamp
-	5, // 5: postflow.v1.Event.reply:type_name -> postflow.v1.SMTPReply
-	6, // 6: postflow.v1.Event.tls:type_name -> postflow.v1.TLSInfo
-	9, // 7: postflow.v1.Event.next_attempt_at:type_name -> google.protobuf.Timestamp
-	2, // 8: postflow.v1.MailService.Send:input_type -> postflow.v1.SendRequest
-	3, // 9: postflow.v1.MailService.Send:output_type -> postflow.v1.SendResponse
-	9, // [9:10] is the sub-list for method output_type
-	8, // [8:9] is the sub-list for method input_type
-	8, // [8:8] is the sub-list for extension type_name
-	8, // [8:8] is the sub-list for extension extendee
-	0, // [0:8] is the sub-list for field type_name
+	1,  // 0: postflow.v1.SendRequest.headers:type_name -> postflow.v1.Header
+	8,  // 1: postflow.v1.SendRequest.metadata:type_name -> postflow.v1.SendRequest.MetadataEntry
+	9,  // 2: postflow.v1.SendRequest.expire_at:type_name -> google.protobuf.Timestamp
+	4,  // 3: postflow.v1.SendResponse.recipients:type_name -> postflow.v1.AcceptedRecipient
+	0,  // 4: postflow.v1.Event.state:type_name -> postflow.v1.RecipientState
+	9,  // 5: postflow.v1.Event.time:type_name -> google.protobuf.Timestamp
+	5,  // 6: postflow.v1.Event.reply:type_name -> postflow.v1.SMTPReply
+	6,  // 7: postflow.v1.Event.tls:type_name -> postflow.v1.TLSInfo
+	9,  // 8: postflow.v1.Event.next_attempt_at:type_name -> google.protobuf.Timestamp
+	2,  // 9: postflow.v1.MailService.Send:input_type -> postflow.v1.SendRequest
+	3,  // 10: postflow.v1.MailService.Send:output_type -> postflow.v1.SendResponse
+	10, // [10:11] is the sub-list for method output_type
+	9,  // [9:10] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_postflow_v1_mail_proto_init() }
