@@ -17,6 +17,7 @@ import (
 	"github.com/postflow/postflow/pkg/deliveryerr"
 	"github.com/postflow/postflow/pkg/eventlog"
 	"github.com/postflow/postflow/pkg/queue"
+	"github.com/postflow/postflow/pkg/retry"
 	"github.com/postflow/postflow/pkg/smtpout"
 	"github.com/postflow/postflow/pkg/telemetry"
 	queuev1 "github.com/postflow/postflow/proto/postflow/queue/v1"
@@ -193,7 +194,20 @@ func (w *Worker) attempt(ctx context.Context, job *queuev1.DeliveryJob, rcpts []
 func (w *Worker) record(ctx context.Context, job *queuev1.DeliveryJob, attempt int32, outs []outcome) (evs []*postflowv1.Event, delay time.Duration, pending bool, result string) {
 	now := w.now()
 	expireAt := job.GetExpireAt().AsTime()
+	// One delay for the job: the longest any deferred recipient's server
+	// asked for, or the schedule's.
 	delay = w.cfg.Retry.Delay(int(attempt))
+	hinted := time.Duration(0)
+	for _, o := range outs {
+		if !o.delivered && o.reply != nil && o.reply.Temporary() {
+			if _, ok := retry.Hint(o.reply.Message); ok {
+				hinted = max(hinted, w.cfg.Retry.After(int(attempt), o.reply.Message))
+			}
+		}
+	}
+	if hinted > 0 {
+		delay = hinted
+	}
 	next := now.Add(delay)
 	if next.After(expireAt) {
 		// The last attempt happens at expiry; failing then, it expires.
