@@ -778,3 +778,34 @@ func (s *stack) oracle(t *testing.T, prefix string, total int) (lost, dup, phant
 	}
 	return lost, dup, phantom
 }
+
+func TestRetryHintIsHonoured(t *testing.T) {
+	s := startStack(t, testenv.SinkScript{Rcpt: func(addr string, n int) *smtp.SMTPError {
+		if n == 0 {
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "Greylisted, please try again in 2 seconds"}
+		}
+		return nil
+	}}, func(c *serveConfig) { c.RetryMax = 10 * time.Second }) // hints are capped at the retry max
+	resp := s.send(&postflowv1.SendRequest{From: "me@sender.test", To: []string{"grey@example.test"}, Subject: "s", Text: "t"})
+	st := s.waitFinal(resp.GetMessageId(), 30*time.Second)
+	r := st.GetRecipients()[0]
+	if r.GetState() != postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED {
+		t.Fatalf("state %v, want DELIVERED", r.GetState())
+	}
+	var deferredAt, next, deliveredAt time.Time
+	for _, ev := range r.GetEvents() {
+		switch ev.GetState() {
+		case postflowv1.RecipientState_RECIPIENT_STATE_DEFERRED:
+			deferredAt, next = ev.GetTime().AsTime(), ev.GetNextAttemptAt().AsTime()
+		case postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED:
+			deliveredAt = ev.GetTime().AsTime()
+		}
+	}
+	// The schedule's own first delay is 50 ms; the server asked for 2 s.
+	if got := next.Sub(deferredAt); got != 2*time.Second {
+		t.Errorf("next attempt scheduled %v after the deferral, want the server's 2s", got)
+	}
+	if got := deliveredAt.Sub(deferredAt); got < 2*time.Second {
+		t.Errorf("retried %v after the deferral, before the 2s the server asked for", got)
+	}
+}
