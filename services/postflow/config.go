@@ -31,6 +31,7 @@ type serveConfig struct {
 	MaxAge         time.Duration
 
 	Hostname        string
+	DKIMKeys        string
 	Concurrency     int
 	MaxMessageBytes int
 	RetryMin        time.Duration
@@ -92,6 +93,7 @@ func serveFlags(fs *flag.FlagSet, cfg *serveConfig) {
 	fs.BoolVar(&cfg.AllowPrivateMX, "allow-private-mx", cfg.AllowPrivateMX, "allow delivery to loopback, private, link-local and unspecified addresses")
 	fs.BoolVar(&cfg.Simulator, "simulator", cfg.Simulator, "run the mailbox simulator for @simulator.postflow.test")
 	fs.DurationVar(&cfg.MaxAge, "max-age", cfg.MaxAge, "how long a message is retried before it expires")
+	fs.StringVar(&cfg.DKIMKeys, "dkim-keys", cfg.DKIMKeys, "directory of DKIM private keys named <selector>._domainkey.<domain>.pem; mail from those domains is signed")
 	fs.StringVar(&cfg.Hostname, "hostname", cfg.Hostname, "name used in EHLO and generated Message-IDs")
 	fs.IntVar(&cfg.Concurrency, "concurrency", cfg.Concurrency, "delivery jobs a worker processes at once")
 	fs.IntVar(&cfg.MaxMessageBytes, "max-message-size", cfg.MaxMessageBytes, "largest message accepted, in bytes")
@@ -202,7 +204,7 @@ func (c *serveConfig) logAttrs() []any {
 		slog.String("redis_url", redactURL(c.RedisURL)), slog.Any("roles", c.Roles),
 		slog.String("dns_server", c.DNSServer), slog.Int("smtp_port", c.SMTPPort),
 		slog.Bool("allow_private_mx", c.AllowPrivateMX), slog.Bool("simulator", c.Simulator),
-		slog.Duration("max_age", c.MaxAge), slog.String("hostname", c.Hostname),
+		slog.Duration("max_age", c.MaxAge), slog.String("hostname", c.Hostname), slog.String("dkim_keys", c.DKIMKeys),
 		slog.Int("concurrency", c.Concurrency), slog.Int("max_message_size", c.MaxMessageBytes),
 		slog.Duration("retry_min", c.RetryMin), slog.Duration("retry_max", c.RetryMax),
 		slog.Bool("sync_always", c.SyncAlways), slog.Int("stream_replicas", c.Queue.Replicas),

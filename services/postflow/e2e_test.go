@@ -3,13 +3,20 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +24,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-message/mail"
+	msgdkim "github.com/emersion/go-msgauth/dkim"
 	"github.com/emersion/go-smtp"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel"
@@ -807,5 +815,56 @@ func TestRetryHintIsHonoured(t *testing.T) {
 	}
 	if got := deliveredAt.Sub(deferredAt); got < 2*time.Second {
 		t.Errorf("retried %v after the deferral, before the 2s the server asked for", got)
+	}
+}
+
+// TestDKIMSignedOnTheWayOut: with --dkim-keys, mail from a keyed domain
+// reaches the receiver with a signature that go-msgauth verifies, and mail
+// from other domains is sent unsigned.
+func TestDKIMSignedOnTheWayOut(t *testing.T) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "s1._domainkey.sender.test.pem"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := startStack(t, testenv.SinkScript{}, func(c *serveConfig) { c.DKIMKeys = dir })
+	signed := s.send(&postflowv1.SendRequest{From: "me@sender.test", To: []string{"a@example.test"}, Subject: "signed", Text: "t",
+		Headers: []*postflowv1.Header{{Name: "List-Unsubscribe", Value: "<mailto:u@sender.test>"}}})
+	unsigned := s.send(&postflowv1.SendRequest{From: "me@other.test", To: []string{"b@example.test"}, Subject: "unsigned", Text: "t"})
+	s.waitFinal(signed.GetMessageId(), 30*time.Second)
+	s.waitFinal(unsigned.GetMessageId(), 30*time.Second)
+
+	txt := "v=DKIM1; k=ed25519; p=" + base64.StdEncoding.EncodeToString(pub)
+	for _, m := range s.sink.Messages() {
+		verifications, err := msgdkim.VerifyWithOptions(bytes.NewReader(m.Data), &msgdkim.VerifyOptions{
+			LookupTXT: func(domain string) ([]string, error) {
+				if domain == "s1._domainkey.sender.test" {
+					return []string{txt}, nil
+				}
+				return nil, fmt.Errorf("no TXT for %s", domain)
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch m.To[0] {
+		case "a@example.test":
+			if len(verifications) != 1 || verifications[0].Err != nil || verifications[0].Domain != "sender.test" {
+				t.Errorf("signed message: verifications %+v, want one valid signature for sender.test", verifications)
+			} else if !slices.ContainsFunc(verifications[0].HeaderKeys, func(k string) bool { return strings.EqualFold(k, "List-Unsubscribe") }) {
+				t.Errorf("signed headers %v lack List-Unsubscribe", verifications[0].HeaderKeys)
+			}
+		case "b@example.test":
+			if len(verifications) != 0 {
+				t.Errorf("message from an unkeyed domain carries %d signatures", len(verifications))
+			}
+		}
 	}
 }

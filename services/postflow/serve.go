@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/postflow/postflow/pkg/dkim"
 	"github.com/postflow/postflow/pkg/mx"
 	"github.com/postflow/postflow/pkg/queue"
 	"github.com/postflow/postflow/pkg/shaping"
@@ -201,6 +202,17 @@ func (a *app) run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		var signer *dkim.Signer
+		if a.cfg.DKIMKeys != "" {
+			keys, err := dkim.LoadKeys(a.cfg.DKIMKeys)
+			if err != nil {
+				return fmt.Errorf("--dkim-keys: %w", err)
+			}
+			if signer, err = dkim.NewSigner(keys); err != nil {
+				return fmt.Errorf("--dkim-keys: %w", err)
+			}
+			a.log.Info("dkim: signing", slog.Any("domains", signer.Domains()), slog.Int("keys", len(keys)))
+		}
 		lim := shaping.NewLocal(shaping.DefaultLimits())
 		// Keep as many idle sessions per host as jobs may run at once, so a
 		// busy destination is not re-dialed after every burst.
@@ -220,6 +232,7 @@ func (a *app) run(ctx context.Context) error {
 				Router:  router,
 				Sender:  sender,
 				Limiter: lim,
+				Signer:  signerOrNil(signer),
 				Logger:  a.log,
 			})
 		})
@@ -297,4 +310,12 @@ func (a *app) close() {
 		a.ns.Shutdown()
 		a.ns.WaitForShutdown()
 	}
+}
+
+// signerOrNil keeps a nil *dkim.Signer from becoming a non-nil interface.
+func signerOrNil(s *dkim.Signer) interface{ Sign([]byte) ([]byte, error) } {
+	if s == nil {
+		return nil
+	}
+	return s
 }

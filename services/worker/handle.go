@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/postflow/postflow/pkg/deliveryerr"
+	"github.com/postflow/postflow/pkg/dkim"
 	"github.com/postflow/postflow/pkg/eventlog"
 	"github.com/postflow/postflow/pkg/queue"
 	"github.com/postflow/postflow/pkg/retry"
@@ -164,11 +165,21 @@ func (w *Worker) attempt(ctx context.Context, job *queuev1.DeliveryJob, rcpts []
 	for _, r := range rcpts {
 		env.To = append(env.To, r.GetAddress())
 	}
+	body := job.GetBody()
+	if w.sign != nil {
+		if body, err = w.sign.Sign(body); err != nil {
+			if errors.Is(err, dkim.ErrMalformed) {
+				// The message cannot be signed however often we try.
+				return fail(deliveryerr.Permanent(554, "5.6.0", "message cannot be DKIM-signed", err))
+			}
+			return fail(deliveryerr.Temporary(451, "4.3.0", "DKIM signing failed", err))
+		}
+	}
 	release, err := w.limit.Acquire(ctx, job.GetDomain())
 	if err != nil {
 		return fail(err)
 	}
-	res := w.sender.Deliver(ctx, targets, env, job.GetBody())
+	res := w.sender.Deliver(ctx, targets, env, body)
 	release()
 	if len(res.Recipients) != len(rcpts) {
 		return fail(fmt.Errorf("worker: sender returned %d results for %d recipients", len(res.Recipients), len(rcpts)))

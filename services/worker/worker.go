@@ -55,6 +55,12 @@ type sender interface {
 	Deliver(ctx context.Context, targets []smtpout.Target, env smtpout.Envelope, body []byte) smtpout.Result
 }
 
+// signer adds DKIM signatures; Sign returns the message unchanged when no
+// key covers its From domain.
+type signer interface {
+	Sign(msg []byte) ([]byte, error)
+}
+
 // limiter bounds sessions and message rate per destination.
 type limiter interface {
 	// Acquire blocks until destination may take one more session; release
@@ -68,7 +74,10 @@ type Deps struct {
 	Router  router
 	Sender  sender
 	Limiter limiter
-	Logger  *slog.Logger
+	// Signer, if set, DKIM-signs each message just before it is sent, so
+	// private keys never leave the worker.
+	Signer signer
+	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -79,6 +88,7 @@ type Worker struct {
 	router router
 	sender sender
 	limit  limiter
+	sign   signer
 	events *eventlog.Writer
 	reader *eventlog.Reader
 	log    *slog.Logger
@@ -97,6 +107,7 @@ func New(cfg Config, deps Deps) *Worker {
 		router: deps.Router,
 		sender: deps.Sender,
 		limit:  deps.Limiter,
+		sign:   deps.Signer,
 		events: eventlog.NewWriter(queue.NewPublisher(deps.JS)),
 		reader: eventlog.NewReader(deps.JS),
 		log:    deps.Logger,
