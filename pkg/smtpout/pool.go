@@ -50,8 +50,18 @@ type smtpConn struct {
 	// continued in plain text after the server refused STARTTLS, and a new
 	// connection may find TLS working again.
 	noReuse bool
-	uses    int         // Deliver calls this session has served
-	stop    func() bool // disarms the current Deliver's ctx AfterFunc
+	// pipelining records that the EHLO reply listed PIPELINING (RFC
+	// 2920): every transaction on this session is then sent as one group
+	// on the raw connection, and the idle check RSET joins that group.
+	pipelining bool
+	// resetDue marks a pipelining session taken from the pool: its next
+	// group starts with RSET, and a failed RSET there means a dead idle
+	// session rather than a failed delivery.
+	resetDue bool
+	br       *bufio.Reader     // replies read by smtpout itself; see replies
+	text     *textproto.Reader // over br
+	uses     int               // Deliver calls this session has served
+	stop     func() bool       // disarms the current Deliver's ctx AfterFunc
 
 	idleSince time.Time
 	elem      *list.Element // in Client.lru while idle
@@ -65,6 +75,33 @@ func (pc *smtpConn) arm(ctx context.Context) {
 	pc.stop = context.AfterFunc(ctx, func() { _ = pc.raw.Close() })
 }
 
+// replies returns the reader for the replies smtpout reads itself, on
+// wire: to RSET, STARTTLS refusals aside, and from DATA on in lock-step
+// sessions, to the whole transaction in pipelining ones. It is kept for the
+// session's life, so that no reply is lost in a discarded buffer.
+//
+// It shares the connection with go-smtp's Client, which reads through its
+// own buffer. Neither buffer holds anything when the other reads, because
+// an SMTP server speaks only to answer a command (RFC 5321 §4.2; the banner
+// is the one exception, read by go-smtp before anything else) and each
+// side reads exactly the replies to the commands it sent: go-smtp's
+// textproto reader stops at the last line of the EHLO, MAIL or RCPT reply
+// it waits for, and anything that came after it in the same read would
+// have been sent unasked. inStep checks that this side ends empty.
+func (pc *smtpConn) replies() *textproto.Reader {
+	if pc.text == nil {
+		pc.br = bufio.NewReaderSize(&lineLimitReader{r: pc.wire, max: maxReplyLine}, 1024)
+		pc.text = textproto.NewReader(pc.br)
+	}
+	return pc.text
+}
+
+// inStep reports that no unread byte is left in smtpout's reply buffer:
+// anything there arrived unasked, and the session is out of step.
+func (pc *smtpConn) inStep() bool {
+	return pc.br == nil || pc.br.Buffered() == 0
+}
+
 // reset sends RSET and waits for its 250. go-smtp's Client.Reset is not used
 // because it also forgets the EHLO, so the next MAIL would repeat EHLO: one
 // more round trip on every reused message. The command is spoken directly,
@@ -75,12 +112,10 @@ func (pc *smtpConn) reset(timeout time.Duration) error {
 	if _, err := io.WriteString(pc.wire, "RSET\r\n"); err != nil {
 		return err
 	}
-	br := bufio.NewReaderSize(pc.wire, 512)
-	if _, _, err := textproto.NewReader(br).ReadResponse(250); err != nil {
+	if _, _, err := pc.replies().ReadResponse(250); err != nil {
 		return err
 	}
-	if br.Buffered() > 0 {
-		// Something arrived unasked; the session is out of step.
+	if !pc.inStep() {
 		return errors.New("smtpout: unexpected data after RSET reply")
 	}
 	return nil
@@ -104,9 +139,12 @@ func reusable(err error) bool {
 	return errors.As(err, &se) && se.Code != 421
 }
 
-// checkout returns a pooled session for key that answered RSET, armed with
-// ctx, or nil if there is none. Sessions that are too old or fail RSET are
-// closed and the next one is tried.
+// checkout returns a pooled session for key, armed with ctx, or nil if
+// there is none. A lock-step session has answered RSET; one that fails is
+// closed and the next one is tried. A pipelining session is returned
+// unchecked with resetDue set: its RSET goes out with the next transaction,
+// which saves the round trip, and the session's user replaces it if that
+// RSET fails.
 func (c *Client) checkout(ctx context.Context, key poolKey) *smtpConn {
 	for ctx.Err() == nil {
 		pc := c.take(key)
@@ -114,6 +152,10 @@ func (c *Client) checkout(ctx context.Context, key poolKey) *smtpConn {
 			return nil
 		}
 		pc.arm(ctx)
+		if pc.pipelining {
+			pc.resetDue = true
+			return pc
+		}
 		if err := pc.reset(min(c.cfg.CommandTimeout, resetTimeout)); err != nil {
 			pc.stop()
 			_ = pc.raw.Close()

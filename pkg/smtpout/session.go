@@ -18,11 +18,6 @@ import (
 	"github.com/postflow/postflow/pkg/deliveryerr"
 )
 
-// bodyChunk is how much of the body is written under one write deadline, so
-// that a large message on a slow but live link does not time out while a
-// stalled one does (Postfix's smtp_data_xfer_timeout works per block too).
-const bodyChunk = 64 << 10
-
 // session is one attempt at one target, over a pooled or a new connection.
 // It fills in res for the recipients it decides.
 type session struct {
@@ -43,19 +38,44 @@ func (s *session) run(ctx context.Context) (final bool, err *deliveryerr.Error) 
 		return false, deliveryerr.Temporary(451, "4.4.1", "connection failed",
 			fmt.Errorf("smtpout: invalid address for target %q", s.target.Host))
 	}
-	pc := s.client.checkout(ctx, poolKey{addr: s.target.Addr, host: s.target.Host})
-	if pc == nil {
-		pc, final, err = s.connect(ctx)
+	key := poolKey{addr: s.target.Addr, host: s.target.Host}
+	for {
+		pc := s.client.checkout(ctx, key)
 		if pc == nil {
+			pc, final, err = s.connect(ctx)
+			if pc == nil {
+				return final, err
+			}
+		}
+		final, err, stale := s.deliver(ctx, pc)
+		if !stale {
 			return final, err
 		}
+		// A pooled session failed the RSET at the head of its group:
+		// it died while idle, so nothing was decided. Take the next
+		// one, as checkout does for lock-step sessions; every stale
+		// session leaves the pool, so this ends with a new connection
+		// at the latest.
 	}
+}
+
+// deliver runs one transaction on pc, then releases it. It returns as run
+// does, or stale when pc was a pooled session that failed its folded RSET
+// and has been closed without deciding anything.
+func (s *session) deliver(ctx context.Context, pc *smtpConn) (final bool, err *deliveryerr.Error, stale bool) {
 	s.res.TLS = pc.tls
 	// keep records that the session ended in step with the server, so it
 	// may serve another message; every path that does not set it closes
 	// the connection without QUIT, as after a network error.
 	keep := false
-	defer func() { s.release(ctx, pc, keep) }()
+	defer func() {
+		if stale {
+			pc.stop()
+			_ = pc.raw.Close()
+			return
+		}
+		s.release(ctx, pc, keep && pc.inStep())
+	}()
 	c := pc.client
 
 	if s.env.SMTPUTF8 {
@@ -63,7 +83,7 @@ func (s *session) run(ctx context.Context) (final bool, err *deliveryerr.Error) 
 			err := deliveryerr.Permanent(550, "5.6.7", "recipient server does not support SMTPUTF8", nil)
 			s.res.failAll(s.pending, err)
 			keep = true
-			return true, err
+			return true, err, false
 		}
 	}
 	if maxSize, ok := c.MaxMessageSize(); ok && maxSize > 0 && len(s.body) > maxSize {
@@ -71,16 +91,21 @@ func (s *session) run(ctx context.Context) (final bool, err *deliveryerr.Error) 
 			fmt.Errorf("smtpout: %d bytes, server limit %d", len(s.body), maxSize))
 		s.res.failAll(s.pending, err)
 		keep = true
-		return true, err
+		return true, err, false
 	}
 
+	if pc.pipelining {
+		final, err, keep, stale = s.pipelined(ctx, pc)
+		return final, err, stale
+	}
 	if err := c.Mail(s.env.From, &smtp.MailOptions{Size: int64(len(s.body)), UTF8: s.env.SMTPUTF8}); err != nil {
 		keep = reusable(err)
-		return s.early(ctx, err, "MAIL")
+		final, de := s.early(ctx, err, "MAIL")
+		return final, de, false
 	}
 	var de *deliveryerr.Error
-	de, keep = s.transaction(ctx, c, pc.sc)
-	return true, de
+	de, keep = s.transaction(ctx, pc)
+	return true, de, false
 }
 
 // connect dials the target, reads the banner, sends EHLO and negotiates
@@ -120,6 +145,8 @@ func (s *session) connect(ctx context.Context) (*smtpConn, bool, *deliveryerr.Er
 	}
 	pc.client = c
 	pc.tls = s.res.TLS
+	// Asked after STARTTLS: the EHLO over TLS is the one that counts.
+	pc.pipelining, _ = c.Extension("PIPELINING")
 	return pc, false, nil
 }
 
@@ -142,10 +169,18 @@ func (s *session) release(ctx context.Context, pc *smtpConn, keep bool) {
 	_ = pc.raw.Close()
 }
 
-// transaction runs RCPT, DATA and the body once MAIL is accepted. From here
-// on every recipient's outcome is decided by this session. keep reports
-// that the session ended in step with the server and may be reused.
-func (s *session) transaction(ctx context.Context, c *smtp.Client, conn *sessionConn) (de *deliveryerr.Error, keep bool) {
+// transaction runs RCPT, DATA and the body once MAIL is accepted, one
+// command at a time, for a server without PIPELINING. From here on every
+// recipient's outcome is decided by this session. keep reports that the
+// session ended in step with the server and may be reused.
+//
+// RCPT goes through go-smtp; DATA and the body are spoken on the raw
+// connection, as in the pipelined path, so that the body is stuffed by
+// writeBody rather than byte by byte in net/textproto's DotWriter.
+// go-smtp's DataCommand cannot be used for that: its pending DotWriter
+// would write a second end-of-data line before the next go-smtp command.
+func (s *session) transaction(ctx context.Context, pc *smtpConn) (de *deliveryerr.Error, keep bool) {
+	c := pc.client
 	closing := false // a 421 reply: the server is ending the session
 	var accepted []int
 	for k, i := range s.pending {
@@ -170,49 +205,60 @@ func (s *session) transaction(ctx context.Context, c *smtp.Client, conn *session
 		return nil, !closing
 	}
 
-	w, err := c.Data()
-	if err != nil {
-		return s.dataFailed(ctx, accepted, err, "connection dropped during DATA"), !closing && reusable(err)
+	defer func() { _ = pc.wire.SetDeadline(time.Time{}) }()
+	_ = pc.wire.SetDeadline(time.Now().Add(s.cfg.CommandTimeout))
+	if _, err := io.WriteString(pc.wire, "DATA\r\n"); err != nil {
+		return s.dropped(ctx, accepted, "connection dropped during DATA", err), false
 	}
-	if err := writeBody(conn, w, s.body, s.cfg.CommandTimeout); err != nil {
-		de := netFailure(ctx, "4.4.2", "connection dropped during DATA", err)
+	code, msg, err := pc.replies().ReadResponse(0)
+	switch {
+	case err != nil:
+		return s.dropped(ctx, accepted, "connection dropped during DATA", err), false
+	case code != 354:
+		de := parseReply(code, msg)
 		s.res.failAll(accepted, de)
+		return de, !closing && code != 421
+	}
+	de, keep = s.sendBody(ctx, pc, accepted)
+	return de, keep && !closing
+}
+
+// sendBody writes the body and the final dot after a 354 and reads the
+// final reply, which decides the accepted recipients. keep is as for
+// transaction.
+func (s *session) sendBody(ctx context.Context, pc *smtpConn, accepted []int) (de *deliveryerr.Error, keep bool) {
+	if err := writeBody(pc.wire, s.body, s.cfg.CommandTimeout); err != nil {
+		// The final dot may not have gone out whole, so the server
+		// cannot have taken the message.
+		return s.dropped(ctx, accepted, "connection dropped during DATA", err), false
+	}
+	_ = pc.wire.SetReadDeadline(time.Now().Add(s.cfg.DataTimeout))
+	code, msg, err := pc.replies().ReadResponse(0)
+	if err != nil {
+		// The whole body and the final dot went out but no reply came
+		// back: the server may have taken the message.
+		de := netFailure(ctx, "4.4.2", "no reply after end of data; the message may have been delivered", err)
+		for _, i := range accepted {
+			s.res.Recipients[i] = RcptResult{Err: de, PossibleDuplicate: true}
+		}
 		return de, false
 	}
-	readsBefore := conn.reads
-	resp, err := w.CloseWithResponse()
-	if err != nil {
-		var se *smtp.SMTPError
-		if !errors.As(err, &se) && conn.reads > readsBefore {
-			// The final dot went out (the client only reads after
-			// writing it) but no reply came back: the server may have
-			// taken the message.
-			de := netFailure(ctx, "4.4.2", "no reply after end of data; the message may have been delivered", err)
-			for _, i := range accepted {
-				s.res.Recipients[i] = RcptResult{Err: de, PossibleDuplicate: true}
-			}
-			return de, false
-		}
-		return s.dataFailed(ctx, accepted, err, "connection dropped during DATA"), !closing && reusable(err)
+	if code != 250 {
+		de := parseReply(code, msg)
+		s.res.failAll(accepted, de)
+		return de, code != 421
 	}
-	s.res.Reply = parseReply(250, resp.StatusText)
+	s.res.Reply = parseReply(250, msg)
 	for _, i := range accepted {
 		s.res.Recipients[i] = RcptResult{Delivered: true}
 	}
-	return nil, !closing
+	return nil, true
 }
 
-// dataFailed records a failed DATA command or final reply for the accepted
-// recipients: the server's reply if there was one, else a dropped
-// connection.
-func (s *session) dataFailed(ctx context.Context, accepted []int, err error, dropped string) *deliveryerr.Error {
-	var se *smtp.SMTPError
-	if errors.As(err, &se) {
-		de := fromSMTP(se)
-		s.res.failAll(accepted, de)
-		return de
-	}
-	de := netFailure(ctx, "4.4.2", dropped, err)
+// dropped records a connection lost (or ctx ended) while the accepted
+// recipients' outcome was still open.
+func (s *session) dropped(ctx context.Context, accepted []int, msg string, err error) *deliveryerr.Error {
+	de := netFailure(ctx, "4.4.2", msg, err)
 	s.res.failAll(accepted, de)
 	return de
 }
@@ -223,14 +269,19 @@ func (s *session) dataFailed(ctx context.Context, accepted []int, err error, dro
 func (s *session) early(ctx context.Context, err error, phase string) (bool, *deliveryerr.Error) {
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {
-		de := fromSMTP(se)
-		if de.Temporary() {
-			return false, de
-		}
-		s.res.failAll(s.pending, de)
-		return true, de
+		final, de := s.earlyReply(fromSMTP(se))
+		return final, de
 	}
 	return false, netFailure(ctx, "4.4.2", "connection dropped during "+phase, err)
+}
+
+// earlyReply is early for a reply already converted.
+func (s *session) earlyReply(de *deliveryerr.Error) (bool, *deliveryerr.Error) {
+	if de.Temporary() {
+		return false, de
+	}
+	s.res.failAll(s.pending, de)
+	return true, de
 }
 
 // startTLS upgrades the connection. go-smtp only offers STARTTLS as part of
@@ -334,19 +385,6 @@ func verifyPeer(cs tls.ConnectionState, roots *x509.CertPool, host string) bool 
 	return err == nil
 }
 
-// writeBody writes body in chunks, each under its own write deadline.
-func writeBody(conn *sessionConn, w io.Writer, body []byte, timeout time.Duration) error {
-	for len(body) > 0 {
-		n := min(len(body), bodyChunk)
-		_ = conn.SetWriteDeadline(time.Now().Add(timeout))
-		if _, err := w.Write(body[:n]); err != nil {
-			return err
-		}
-		body = body[n:]
-	}
-	return nil
-}
-
 // netFailure synthesises the temporary error for a failure without a reply.
 func netFailure(ctx context.Context, enhanced, msg string, err error) *deliveryerr.Error {
 	if ctx.Err() != nil {
@@ -373,17 +411,20 @@ func fromSMTP(e *smtp.SMTPError) *deliveryerr.Error {
 	}
 }
 
-// parseReply builds a reply record from a code and its text, splitting off
-// a leading enhanced status code as go-smtp does for the errors it returns.
+// parseReply builds a reply record from a code and its text as
+// textproto.Reader.ReadResponse returns them (lines joined by "\n"),
+// splitting off a leading enhanced status code and its repetition on the
+// continuation lines (RFC 2034 §4) as go-smtp does for the errors it
+// returns, so that a reply read by smtpout reads like one read by go-smtp
+// and converted by fromSMTP.
 func parseReply(code int, text string) *deliveryerr.Error {
-	text = strings.ReplaceAll(text, "\n", " ")
-	r := &deliveryerr.Error{Code: code, Message: text, Remote: true}
+	r := &deliveryerr.Error{Code: code, Message: strings.ReplaceAll(text, "\n", " "), Remote: true}
 	first, rest, _ := strings.Cut(text, " ")
 	var class, subject, detail int
 	if n, err := fmt.Sscanf(first, "%d.%d.%d", &class, &subject, &detail); err == nil && n == 3 &&
 		(class == 2 || class == 4 || class == 5) && fmt.Sprintf("%d.%d.%d", class, subject, detail) == first {
 		r.Enhanced = first
-		r.Message = rest
+		r.Message = strings.ReplaceAll(strings.ReplaceAll(rest, "\n"+first+" ", "\n"), "\n", " ")
 	}
 	return r
 }
