@@ -8,6 +8,12 @@
 // an RSET, as Postfix's connection cache does, which saves the connect,
 // banner, EHLO and STARTTLS round trips. Close the Client to end them.
 //
+// When the server lists PIPELINING (RFC 2920), a transaction is one command
+// group, written at once: RSET (on a reused session), MAIL, every RCPT and
+// DATA; its replies are then read in order, and the body follows a 354.
+// Other servers get one command per round trip. Either way the body is
+// dot-stuffed in large writes, not byte by byte.
+//
 // It does not resolve MX records, choose or order targets, retry later,
 // enforce MTA-STS or DANE, or queue anything: callers pass the targets and
 // decide what to do with temporary failures. It is built on the
@@ -256,13 +262,16 @@ type Result struct {
 //
 // Targets are tried in order, at most MaxSessions of them. A session to a
 // target may be an idle one left by an earlier call; one that no longer
-// answers RSET is closed and replaced by a new connection without counting
-// as a failure. A failed connect,
-// a 4xx reply to the banner, EHLO, STARTTLS or MAIL, or a dropped connection
-// before RCPT moves on to the next target; a 5xx reply to the banner, EHLO or
-// MAIL fails every recipient permanently. The first session that gets past
-// MAIL decides every recipient's outcome for this attempt. When ctx ends the
-// session is aborted and the unfinished recipients fail temporarily.
+// answers RSET (sent alone, or at the head of the pipelined group) is closed
+// and replaced by a new connection without counting as a failure. A failed
+// connect, a 4xx reply to the banner, EHLO, STARTTLS or MAIL, or a dropped
+// connection before RCPT moves on to the next target; a 5xx reply to the
+// banner, EHLO or MAIL fails every recipient permanently. The first session
+// that gets past MAIL decides every recipient's outcome for this attempt.
+// A pipelined group behaves the same: a refused MAIL decides even though
+// RCPT and DATA were sent with it (their replies are read and dropped). When
+// ctx ends the session is aborted and the unfinished recipients fail
+// temporarily.
 //
 // Every failure is a *deliveryerr.Error: the server's reply (Remote set), or
 // for local and network failures a synthesised one, temporary unless retrying
