@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -51,6 +52,12 @@ func serve(ctx context.Context, args []string, getenv func(string) string) (err 
 		return nil
 	}
 
+	if getenv("GOGC") == "" {
+		// The live heap is small (tens of MiB) and allocation-heavy per
+		// message; collecting at 5x instead of 2x the live heap cut CPU per
+		// message by about a tenth in the load test. GOGC overrides it.
+		debug.SetGCPercent(400)
+	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	go forceExitOnSecondSignal(ctx, stop, log)
