@@ -2,15 +2,9 @@ package main
 
 import (
 	"bytes"
-	"errors"
-	"io"
 	"net"
 	"strconv"
-	"sync"
 	"sync/atomic"
-	"time"
-
-	"github.com/emersion/go-smtp"
 )
 
 // seqHeader carries the generator's sequence number of a message; runHeader
@@ -20,14 +14,15 @@ const (
 	runHeader = "X-Loadtest-Run"
 )
 
-// sink is the SMTP server every system under test delivers to. It keeps
-// per-message receipt counts and first-receipt times in preallocated arrays
-// indexed by sequence number, so accepting a message costs one header scan
-// and two atomic stores.
+// sink is the SMTP server every system under test delivers to (see
+// fastsink.go for the protocol side). It keeps per-message receipt counts
+// and first-receipt times in preallocated arrays indexed by sequence
+// number, so accepting a message costs one header scan and two atomic
+// stores.
 type sink struct {
-	srv  *smtp.Server
+	l    net.Listener
 	addr *net.TCPAddr
-	run  string
+	run  atomic.Pointer[string]
 
 	counts   []atomic.Int32
 	received []atomic.Int64 // unix nanoseconds of the first receipt
@@ -36,44 +31,27 @@ type sink struct {
 	active   atomic.Int64
 	peak     atomic.Int64
 	sessions atomic.Int64
-
-	bufs sync.Pool
 }
 
 func startSink(run string, capacity int) (*sink, error) {
-	s := &sink{
-		run:      run,
-		counts:   make([]atomic.Int32, capacity),
-		received: make([]atomic.Int64, capacity),
-		bufs:     sync.Pool{New: func() any { return new(bytes.Buffer) }},
-	}
-	srv := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) {
-		s.sessions.Add(1)
-		n := s.active.Add(1)
-		for p := s.peak.Load(); n > p && !s.peak.CompareAndSwap(p, n); p = s.peak.Load() {
-		}
-		return &sinkSession{s: s}, nil
-	}))
-	srv.Domain = "sink.loadtest.test"
-	srv.MaxMessageBytes = 64 << 20
-	srv.MaxRecipients = 1000
-	srv.ReadTimeout = time.Minute
-	srv.WriteTimeout = time.Minute
-	srv.EnableSMTPUTF8 = true
-	srv.ErrorLog = discardLogger{}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	s.srv = srv
-	s.addr = l.Addr().(*net.TCPAddr)
-	go func() { _ = srv.Serve(l) }()
+	s := &sink{
+		l:        l,
+		addr:     l.Addr().(*net.TCPAddr),
+		counts:   make([]atomic.Int32, capacity),
+		received: make([]atomic.Int64, capacity),
+	}
+	s.run.Store(&run)
+	go s.serveFast(l)
 	return s, nil
 }
 
 // reset clears the counters between runs that share the sink.
 func (s *sink) reset(run string) {
-	s.run = run
+	s.run.Store(&run)
 	for i := range s.counts {
 		s.counts[i].Store(0)
 		s.received[i].Store(0)
@@ -84,7 +62,7 @@ func (s *sink) reset(run string) {
 	s.sessions.Store(0)
 }
 
-func (s *sink) close() { _ = s.srv.Close() }
+func (s *sink) close() { _ = s.l.Close() }
 
 // record counts one received message.
 func (s *sink) record(data []byte, now int64) {
@@ -93,7 +71,7 @@ func (s *sink) record(data []byte, now int64) {
 	if i := bytes.Index(data, []byte("\r\n\r\n")); i >= 0 {
 		hdr = data[:i+2]
 	}
-	if string(headerValue(hdr, runHeader)) != s.run {
+	if string(headerValue(hdr, runHeader)) != *s.run.Load() {
 		s.phantom.Add(1)
 		return
 	}
@@ -123,25 +101,3 @@ func headerValue(hdr []byte, name string) []byte {
 	}
 	return nil
 }
-
-type sinkSession struct{ s *sink }
-
-func (ss *sinkSession) Reset()                               {}
-func (ss *sinkSession) Logout() error                        { ss.s.active.Add(-1); return nil }
-func (ss *sinkSession) Mail(string, *smtp.MailOptions) error { return nil }
-func (ss *sinkSession) Rcpt(string, *smtp.RcptOptions) error { return nil }
-func (ss *sinkSession) Data(r io.Reader) error {
-	buf := ss.s.bufs.Get().(*bytes.Buffer)
-	buf.Reset()
-	defer ss.s.bufs.Put(buf)
-	if _, err := buf.ReadFrom(r); err != nil {
-		return errors.Join(err, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "read failed"})
-	}
-	ss.s.record(buf.Bytes(), time.Now().UnixNano())
-	return nil
-}
-
-type discardLogger struct{}
-
-func (discardLogger) Printf(string, ...any) {}
-func (discardLogger) Println(...any)        {}
