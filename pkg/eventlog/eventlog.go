@@ -243,6 +243,7 @@ func Summarize(evs []*postflowv1.Event) []*postflowv1.RecipientStatus {
 			rs.LastReply = ev.GetReply()
 			rs.MxHost = ev.GetMxHost()
 			rs.Tls = ev.GetTls()
+			rs.Category = ev.GetCategory()
 		}
 		rs.NextAttemptAt = ev.GetNextAttemptAt()
 		if ev.GetPossibleDuplicate() {

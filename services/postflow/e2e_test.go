@@ -340,6 +340,9 @@ func TestPermanentFailureBouncesWithoutRetry(t *testing.T) {
 	if rep.GetCode() != 550 || rep.GetEnhancedCode() != "5.1.1" || !strings.Contains(rep.GetText(), "no such user") || !rep.GetRemote() {
 		t.Errorf("bounce reply = %v, want the remote 550 5.1.1", rep)
 	}
+	if got := st.GetRecipients()[0].GetCategory(); got != "bad_mailbox" {
+		t.Errorf("bounce category = %q, want bad_mailbox", got)
+	}
 	// No further attempt can happen: the job left the work queue and no
 	// delivery is pending.
 	s.waitQueueEmpty(10 * time.Second)
@@ -866,5 +869,26 @@ func TestDKIMSignedOnTheWayOut(t *testing.T) {
 				t.Errorf("message from an unkeyed domain carries %d signatures", len(verifications))
 			}
 		}
+	}
+}
+
+// TestClassifierOverridesReplyClass: 552 "too many recipients" is a 5xx the
+// classifier treats as temporary (RFC 5321 §4.5.3.1.10), so the recipient is
+// retried rather than bounced.
+func TestClassifierOverridesReplyClass(t *testing.T) {
+	s := startStack(t, testenv.SinkScript{Rcpt: func(addr string, n int) *smtp.SMTPError {
+		if n == 0 {
+			return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 5, 3}, Message: "Too many recipients"}
+		}
+		return nil
+	}})
+	resp := s.send(&postflowv1.SendRequest{From: "me@sender.test", To: []string{"many@example.test"}, Subject: "s", Text: "t"})
+	st := s.waitFinal(resp.GetMessageId(), 30*time.Second)
+	r := st.GetRecipients()[0]
+	if r.GetState() != postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED || r.GetAttempts() != 2 {
+		t.Fatalf("state %v after %d attempts, want DELIVERED after 2 (552 too many recipients retried)", r.GetState(), r.GetAttempts())
+	}
+	if ev := r.GetEvents()[1]; ev.GetState() != postflowv1.RecipientState_RECIPIENT_STATE_DEFERRED || ev.GetCategory() != "throttled" {
+		t.Errorf("first attempt event = %v / %q, want DEFERRED / throttled", ev.GetState(), ev.GetCategory())
 	}
 }

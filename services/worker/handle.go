@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/postflow/postflow/pkg/bounceclass"
 	"github.com/postflow/postflow/pkg/deliveryerr"
 	"github.com/postflow/postflow/pkg/dkim"
 	"github.com/postflow/postflow/pkg/eventlog"
@@ -247,16 +248,25 @@ func (w *Worker) record(ctx context.Context, job *queuev1.DeliveryJob, attempt i
 			ev.Tls = &postflowv1.TLSInfo{Version: o.tls.Version, Cipher: o.tls.Cipher, Verified: o.tls.Verified}
 		}
 		var state postflowv1.RecipientState
+		var class bounceclass.Result
+		if !o.delivered {
+			// The classifier, not the reply class alone, decides: some
+			// receivers send 5xx for conditions that pass (552 "too many
+			// recipients", daily quotas), see pkg/bounceclass/rules.txt.
+			class = bounceclass.ClassifyError(o.reply)
+			ev.Category = string(class.Category)
+		}
 		switch {
 		case o.delivered:
 			state = postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED
 			telemetry.Delivered(ctx, now.Sub(job.GetAcceptedAt().AsTime()).Seconds())
-		case o.reply != nil && !o.reply.Temporary():
+		case class.Outcome == bounceclass.Bounced:
 			state = postflowv1.RecipientState_RECIPIENT_STATE_BOUNCED
 			telemetry.Bounced(ctx)
 		case !now.Before(expireAt):
 			state = postflowv1.RecipientState_RECIPIENT_STATE_EXPIRED
 			ev.Reply = expiredReply(ev.Reply, now.Sub(job.GetAcceptedAt().AsTime()))
+			ev.Category = string(bounceclass.CategoryExpired)
 			telemetry.Expired(ctx)
 		default:
 			state = postflowv1.RecipientState_RECIPIENT_STATE_DEFERRED
@@ -274,7 +284,9 @@ func (w *Worker) record(ctx context.Context, job *queuev1.DeliveryJob, attempt i
 			slog.String("state", resultName(state)),
 			slog.Int("attempt", int(attempt)),
 			slog.String("mx", o.target.Host),
-			slog.String("reply", replyText(o.reply)))
+			slog.String("reply", replyText(o.reply)),
+			slog.String("category", ev.GetCategory()),
+			slog.String("rule", class.Rule))
 	}
 	result = "mixed"
 	if len(results) == 1 {

@@ -631,6 +631,11 @@ type Event struct {
 	// NextAttemptAt is set on deferred events.
 	NextAttemptAt *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=next_attempt_at,json=nextAttemptAt,proto3" json:"next_attempt_at,omitempty"`
 	Tags          []string               `protobuf:"bytes,15,rep,name=tags,proto3" json:"tags,omitempty"`
+	// Category classifies the reply behind a deferred, bounced or expired
+	// state (pkg/bounceclass): bad_mailbox, bad_domain, mailbox_full,
+	// message_too_large, policy, spam, throttled, greylisted, tls, dns,
+	// network, mailbox_disabled, expired, protocol or other.
+	Category      string `protobuf:"bytes,16,opt,name=category,proto3" json:"category,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -770,6 +775,13 @@ func (x *Event) GetTags() []string {
 	return nil
 }
 
+func (x *Event) GetCategory() string {
+	if x != nil {
+		return x.Category
+	}
+	return ""
+}
+
 var File_postflow_v1_mail_proto protoreflect.FileDescriptor
 
 const file_postflow_v1_mail_proto_rawDesc = "" +
@@ -814,7 +826,7 @@ const file_postflow_v1_mail_proto_rawDesc = "" +
 	"\aTLSInfo\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x16\n" +
 	"\x06cipher\x18\x02 \x01(\tR\x06cipher\x12\x1a\n" +
-	"\bverified\x18\x03 \x01(\bR\bverified\"\xae\x04\n" +
+	"\bverified\x18\x03 \x01(\bR\bverified\"\xca\x04\n" +
 	"\x05Event\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x1d\n" +
@@ -833,7 +845,8 @@ const file_postflow_v1_mail_proto_rawDesc = "" +
 	"\x03tls\x18\f \x01(\v2\x14.postflow.v1.TLSInfoR\x03tls\x12-\n" +
 	"\x12possible_duplicate\x18\r \x01(\bR\x11possibleDuplicate\x12B\n" +
 	"\x0fnext_attempt_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\rnextAttemptAt\x12\x12\n" +
-	"\x04tags\x18\x0f \x03(\tR\x04tags*\x9e\x02\n" +
+	"\x04tags\x18\x0f \x03(\tR\x04tags\x12\x1a\n" +
+	"\bcategory\x18\x10 \x01(\tR\bcategory*\x9e\x02\n" +
 	"\x0eRecipientState\x12\x1f\n" +
 	"\x1bRECIPIENT_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16RECIPIENT_STATE_QUEUED\x10\x01\x12\x1c\n" +

@@ -146,7 +146,9 @@ type RecipientStatus struct {
 	NextAttemptAt     *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=next_attempt_at,json=nextAttemptAt,proto3" json:"next_attempt_at,omitempty"`
 	PossibleDuplicate bool                   `protobuf:"varint,10,opt,name=possible_duplicate,json=possibleDuplicate,proto3" json:"possible_duplicate,omitempty"`
 	// Events are this recipient's events, oldest first.
-	Events        []*Event `protobuf:"bytes,11,rep,name=events,proto3" json:"events,omitempty"`
+	Events []*Event `protobuf:"bytes,11,rep,name=events,proto3" json:"events,omitempty"`
+	// Category classifies the last failure (see Event.category).
+	Category      string `protobuf:"bytes,12,opt,name=category,proto3" json:"category,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -258,6 +260,13 @@ func (x *RecipientStatus) GetEvents() []*Event {
 	return nil
 }
 
+func (x *RecipientStatus) GetCategory() string {
+	if x != nil {
+		return x.Category
+	}
+	return ""
+}
+
 var File_postflow_v1_status_proto protoreflect.FileDescriptor
 
 const file_postflow_v1_status_proto_rawDesc = "" +
@@ -273,7 +282,7 @@ const file_postflow_v1_status_proto_rawDesc = "" +
 	"acceptedAt\x12<\n" +
 	"\n" +
 	"recipients\x18\x03 \x03(\v2\x1c.postflow.v1.RecipientStatusR\n" +
-	"recipients\"\xf3\x03\n" +
+	"recipients\"\x8f\x04\n" +
 	"\x0fRecipientStatus\x12!\n" +
 	"\frecipient_id\x18\x01 \x01(\tR\vrecipientId\x12\x1c\n" +
 	"\trecipient\x18\x02 \x01(\tR\trecipient\x121\n" +
@@ -288,7 +297,8 @@ const file_postflow_v1_status_proto_rawDesc = "" +
 	"\x0fnext_attempt_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\rnextAttemptAt\x12-\n" +
 	"\x12possible_duplicate\x18\n" +
 	" \x01(\bR\x11possibleDuplicate\x12*\n" +
-	"\x06events\x18\v \x03(\v2\x12.postflow.v1.EventR\x06events2^\n" +
+	"\x06events\x18\v \x03(\v2\x12.postflow.v1.EventR\x06events\x12\x1a\n" +
+	"\bcategory\x18\f \x01(\tR\bcategory2^\n" +
 	"\rStatusService\x12M\n" +
 	"\n" +
 	"GetMessage\x12\x1e.postflow.v1.GetMessageRequest\x1a\x1f.postflow.v1.GetMessageResponseB;Z9github.com/postflow/postflow/proto/postflow/v1;postflowv1b\x06proto3"
