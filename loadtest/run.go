@@ -57,7 +57,7 @@ func runSystem(ctx context.Context, name string, o options, bin *binaries, work 
 		sys, addr = pf, pf.grpcAddr
 	case "postfix", "haraka":
 		res.Mode = "smtp"
-		res.Durability = map[string]string{"postfix": "fsync", "haraka": "relay"}[name]
+		res.Durability = map[string]string{"postfix": "fsync", "haraka": "fsync"}[name]
 		p, err := startPeer(ctx, name, snk.addr.Port)
 		if err != nil {
 			return nil, err
