@@ -43,7 +43,7 @@ func benchBody(size int) []byte {
 // session to the sink, which advertises PIPELINING, and reports the writes
 // the client made per message.
 func BenchmarkDeliverPipelined(b *testing.B) {
-	cert, pool := testCert(b)
+	cert, pool := selfSigned(b)
 	tests := []struct {
 		mode  string
 		size  int

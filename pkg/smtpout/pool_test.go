@@ -3,15 +3,9 @@ package smtpout
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"strings"
 	"sync"
@@ -485,7 +479,7 @@ func TestReuseCancelledContextDoesNotDrainPool(t *testing.T) {
 
 func TestReuseSTARTTLS(t *testing.T) {
 	t.Parallel()
-	cert, pool := testCert(t)
+	cert, pool := selfSigned(t)
 	sink := testenv.StartSMTPSink(t, testenv.SinkScript{TLS: &tls.Config{Certificates: []tls.Certificate{cert}}})
 	cfg := testConfig()
 	cfg.TLSConfig = &tls.Config{RootCAs: pool}
@@ -617,7 +611,7 @@ func BenchmarkDeliverNoReuse(b *testing.B) { benchmarkDeliver(b, -1) }
 // plain text and over STARTTLS.
 func benchmarkDeliver(b *testing.B, maxIdle int) {
 	body := []byte("Subject: bench\r\n\r\n" + strings.Repeat(strings.Repeat("x", 62)+"\r\n", 2048/64))
-	cert, pool := testCert(b)
+	cert, pool := selfSigned(b)
 	for _, mode := range []string{"plain", "starttls"} {
 		b.Run(mode, func(b *testing.B) {
 			script := testenv.SinkScript{}
@@ -641,35 +635,4 @@ func benchmarkDeliver(b *testing.B, maxIdle int) {
 			b.ReportMetric(float64(sink.Sessions())/float64(b.N), "sessions/op")
 		})
 	}
-}
-
-// testCert returns a certificate for mx.test and a pool that trusts it.
-func testCert(t testing.TB) (tls.Certificate, *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "mx.test"},
-		DNSNames:              []string{"mx.test"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: cert}, pool
 }

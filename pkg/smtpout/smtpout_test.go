@@ -498,7 +498,7 @@ func TestDeliverMessageTooLargeForServer(t *testing.T) {
 
 // selfSigned returns a server certificate for mx.test and 127.0.0.1 and a
 // pool that trusts it.
-func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
+func selfSigned(t testing.TB) (tls.Certificate, *x509.CertPool) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
