@@ -199,13 +199,17 @@ func replyString(r *postflowv1.SMTPReply) string {
 func printStatus(out io.Writer, resp *postflowv1.GetMessageResponse, events bool) error {
 	fmt.Fprintf(out, "message %s accepted %s\n\n", resp.GetMessageId(), resp.GetAcceptedAt().AsTime().Format(time.RFC3339))
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "RECIPIENT\tSTATE\tATTEMPTS\tMX\tREPLY")
+	fmt.Fprintln(tw, "RECIPIENT\tSTATE\tATTEMPTS\tMX\tCATEGORY\tREPLY")
 	for _, r := range resp.GetRecipients() {
 		reply := replyString(r.GetLastReply())
 		if r.GetNextAttemptAt() != nil && r.GetState() == postflowv1.RecipientState_RECIPIENT_STATE_DEFERRED {
 			reply += " (next attempt " + r.GetNextAttemptAt().AsTime().Format(time.RFC3339) + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", r.GetRecipient(), stateName(r.GetState()), r.GetAttempts(), r.GetMxHost(), reply)
+		category := r.GetCategory()
+		if category == "" {
+			category = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", r.GetRecipient(), stateName(r.GetState()), r.GetAttempts(), r.GetMxHost(), category, reply)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
