@@ -20,12 +20,14 @@ func buildStructured(in Input, v *validated, now time.Time, msgID string) ([]byt
 	// added bottom-up: custom headers, then Message-ID … From.
 	var h mail.Header
 	single := in.Text == "" || in.HTML == ""
+	var singleBody []byte
 	if single {
+		singleBody = canonicalBody(in.Text + in.HTML)
 		ct := "text/plain"
 		if in.Text == "" {
 			ct = "text/html"
 		}
-		h.Set("Content-Transfer-Encoding", transferEncoding(in.Text+in.HTML))
+		h.Set("Content-Transfer-Encoding", transferEncoding(singleBody))
 		h.SetContentType(ct, map[string]string{"charset": "utf-8"})
 	}
 	h.Set("MIME-Version", "1.0")
@@ -47,7 +49,7 @@ func buildStructured(in Input, v *validated, now time.Time, msgID string) ([]byt
 		if err != nil {
 			return nil, fmt.Errorf("mailmsg: write headers: %w", err)
 		}
-		if err := writeBody(w, in.Text+in.HTML); err != nil {
+		if err := writeBody(w, singleBody); err != nil {
 			return nil, err
 		}
 		return ensureFinalCRLF(buf.Bytes()), nil
@@ -59,14 +61,15 @@ func buildStructured(in Input, v *validated, now time.Time, msgID string) ([]byt
 	}
 	// RFC 2046 §5.1.4: alternatives go from plainest to richest.
 	for _, p := range []struct{ ct, body string }{{"text/plain", in.Text}, {"text/html", in.HTML}} {
+		body := canonicalBody(p.body)
 		var ph mail.InlineHeader
 		ph.SetContentType(p.ct, map[string]string{"charset": "utf-8"})
-		ph.Set("Content-Transfer-Encoding", transferEncoding(p.body))
+		ph.Set("Content-Transfer-Encoding", transferEncoding(body))
 		pw, err := mw.CreatePart(ph)
 		if err != nil {
 			return nil, fmt.Errorf("mailmsg: create %s part: %w", p.ct, err)
 		}
-		if err := writeBody(pw, p.body); err != nil {
+		if err := writeBody(pw, body); err != nil {
 			return nil, err
 		}
 	}
@@ -76,8 +79,17 @@ func buildStructured(in Input, v *validated, now time.Time, msgID string) ([]byt
 	return ensureFinalCRLF(buf.Bytes()), nil
 }
 
-func writeBody(w io.WriteCloser, body string) error {
-	if _, err := w.Write(NormalizeCRLF([]byte(body))); err != nil {
+// canonicalBody returns body as CRLF-canonical bytes, copying once.
+func canonicalBody(body string) []byte {
+	b := []byte(body)
+	if IsCanonicalCRLF(b) {
+		return b
+	}
+	return NormalizeCRLF(b)
+}
+
+func writeBody(w io.WriteCloser, body []byte) error {
+	if _, err := w.Write(body); err != nil {
 		return fmt.Errorf("mailmsg: write body: %w", err)
 	}
 	if err := w.Close(); err != nil {
@@ -96,23 +108,23 @@ func mailAddresses(as []Address) []*mail.Address {
 	return out
 }
 
-// transferEncoding picks "7bit" for a body of US-ASCII without NUL whose
-// lines (once CRLF-canonical) fit RFC 5322's 998 octets, else
-// "quoted-printable".
-func transferEncoding(body string) string {
-	line := 0
-	for i := 0; i < len(body); i++ {
-		switch c := body[i]; {
-		case c == '\r' || c == '\n':
-			line = 0
-		case c == 0 || c >= 0x80:
-			return "quoted-printable"
-		default:
-			line++
-			if line > 998 {
-				return "quoted-printable"
-			}
+// transferEncoding picks "7bit" for a CRLF-canonical body of US-ASCII whose
+// lines fit RFC 5322's 998 octets, else "quoted-printable". (NUL never
+// reaches here: validation refuses it.)
+func transferEncoding(body []byte) string {
+	if !isASCII(body) {
+		return "quoted-printable"
+	}
+	for len(body) > 0 {
+		i := bytes.IndexByte(body, '\n')
+		if i < 0 {
+			i = len(body)
 		}
+		line := bytes.TrimSuffix(body[:i], []byte("\r"))
+		if len(line) > 998 {
+			return "quoted-printable"
+		}
+		body = body[min(i+1, len(body)):]
 	}
 	return "7bit"
 }

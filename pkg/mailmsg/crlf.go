@@ -1,5 +1,7 @@
 package mailmsg
 
+import "bytes"
+
 // NormalizeCRLF returns b with every line break in canonical form: each bare
 // CR, each bare LF and each CR LF pair becomes CR LF, so "\r\r\n" yields two
 // line breaks. Nothing else changes. The result never holds a CR that is not
@@ -9,17 +11,46 @@ package mailmsg
 // slice.
 func NormalizeCRLF(b []byte) []byte {
 	out := make([]byte, 0, len(b)+len(b)/64+2)
-	for i := 0; i < len(b); i++ {
-		switch c := b[i]; c {
-		case '\r':
-			out = append(out, '\r', '\n')
-			if i+1 < len(b) && b[i+1] == '\n' {
-				i++
-			}
-		case '\n':
-			out = append(out, '\r', '\n')
+	// cr and lf cache the next CR and LF positions in b, found with the
+	// vectorised IndexByte (-1: none left, -2: search again), so the copy
+	// proceeds line by line instead of byte by byte and stays linear.
+	cr, lf := -2, -2
+	for len(b) > 0 {
+		if cr == -2 {
+			cr = bytes.IndexByte(b, '\r')
+		}
+		if lf == -2 {
+			lf = bytes.IndexByte(b, '\n')
+		}
+		var k int
+		switch {
+		case cr < 0 && lf < 0:
+			return append(out, b...)
+		case cr >= 0 && (lf < 0 || cr < lf):
+			k = cr
 		default:
-			out = append(out, c)
+			k = lf
+		}
+		out = append(out, b[:k]...)
+		out = append(out, '\r', '\n')
+		adv := k + 1
+		if b[k] == '\r' && k+1 < len(b) && b[k+1] == '\n' {
+			adv = k + 2
+		}
+		b = b[adv:]
+		if cr >= 0 {
+			if cr < adv {
+				cr = -2
+			} else {
+				cr -= adv
+			}
+		}
+		if lf >= 0 {
+			if lf < adv {
+				lf = -2
+			} else {
+				lf -= adv
+			}
 		}
 	}
 	return out
@@ -29,17 +60,24 @@ func NormalizeCRLF(b []byte) []byte {
 // LF preceded by CR, that is, whether NormalizeCRLF would return b unchanged.
 // It lets hot paths skip the copy for bodies that are already canonical.
 func IsCanonicalCRLF(b []byte) bool {
-	for i, c := range b {
-		switch c {
-		case '\r':
-			if i+1 >= len(b) || b[i+1] != '\n' {
-				return false
-			}
-		case '\n':
-			if i == 0 || b[i-1] != '\r' {
-				return false
-			}
+	for off := 0; ; {
+		i := bytes.IndexByte(b[off:], '\n')
+		if i < 0 {
+			break
 		}
+		if off+i == 0 || b[off+i-1] != '\r' {
+			return false
+		}
+		off += i + 1
 	}
-	return true
+	for off := 0; ; {
+		i := bytes.IndexByte(b[off:], '\r')
+		if i < 0 {
+			return true
+		}
+		if off+i+1 >= len(b) || b[off+i+1] != '\n' {
+			return false
+		}
+		off += i + 1
+	}
 }

@@ -2,6 +2,7 @@ package mailmsg
 
 import (
 	"bytes"
+	"math/rand/v2"
 	"testing"
 	"testing/quick"
 )
@@ -111,4 +112,42 @@ func FuzzNormalizeCRLF(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte) {
 		checkNormalized(t, in)
 	})
+}
+
+// normalizeCRLFReference is the byte-at-a-time definition NormalizeCRLF's
+// faster loop must match.
+func normalizeCRLFReference(b []byte) []byte {
+	var out []byte
+	for i := 0; i < len(b); i++ {
+		switch b[i] {
+		case '\r':
+			out = append(out, '\r', '\n')
+			if i+1 < len(b) && b[i+1] == '\n' {
+				i++
+			}
+		case '\n':
+			out = append(out, '\r', '\n')
+		default:
+			out = append(out, b[i])
+		}
+	}
+	return out
+}
+
+func TestNormalizeCRLFMatchesReference(t *testing.T) {
+	alphabet := []byte("ab\r\n.")
+	rnd := rand.New(rand.NewPCG(3, 4))
+	for range 5000 {
+		in := make([]byte, rnd.IntN(40))
+		for i := range in {
+			in[i] = alphabet[rnd.IntN(len(alphabet))]
+		}
+		got, want := NormalizeCRLF(in), normalizeCRLFReference(in)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("NormalizeCRLF(%q) = %q, want %q", in, got, want)
+		}
+		if IsCanonicalCRLF(in) != bytes.Equal(in, want) {
+			t.Fatalf("IsCanonicalCRLF(%q) = %v, but normalising gives %q", in, IsCanonicalCRLF(in), want)
+		}
+	}
 }

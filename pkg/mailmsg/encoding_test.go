@@ -16,10 +16,11 @@ func TestTransferEncoding(t *testing.T) {
 		{"999-octet line", strings.Repeat("a", 999), "quoted-printable"},
 		{"long text in short lines", strings.Repeat(strings.Repeat("b", 80)+"\n", 100), "7bit"},
 		{"UTF-8", "Grüße", "quoted-printable"},
-		{"NUL", "a\x00b", "quoted-printable"},
+		{"high byte at the end of a word", "abcdefg\xc3", "quoted-printable"},
+		{"long line without CR", strings.Repeat("c", 999) + "\n", "quoted-printable"},
 	}
 	for _, tc := range tests {
-		if got := transferEncoding(tc.body); got != tc.want {
+		if got := transferEncoding([]byte(tc.body)); got != tc.want {
 			t.Errorf("transferEncoding(%s) = %q, want %q", tc.name, got, tc.want)
 		}
 	}
