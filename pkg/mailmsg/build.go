@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-message/mail"
+	"github.com/emersion/go-message/textproto"
 )
 
 // buildStructured writes the MIME form of a validated structured input.
@@ -21,13 +22,15 @@ func buildStructured(in Input, v *validated, now time.Time, msgID string) ([]byt
 	var h mail.Header
 	single := in.Text == "" || in.HTML == ""
 	var singleBody []byte
+	var singleEncoding string
 	if single {
 		singleBody = canonicalBody(in.Text + in.HTML)
 		ct := "text/plain"
 		if in.Text == "" {
 			ct = "text/html"
 		}
-		h.Set("Content-Transfer-Encoding", transferEncoding(singleBody))
+		singleEncoding = transferEncoding(singleBody)
+		h.Set("Content-Transfer-Encoding", singleEncoding)
 		h.SetContentType(ct, map[string]string{"charset": "utf-8"})
 	}
 	h.Set("MIME-Version", "1.0")
@@ -44,6 +47,16 @@ func buildStructured(in Input, v *validated, now time.Time, msgID string) ([]byt
 
 	var buf bytes.Buffer
 	buf.Grow(len(in.Text) + len(in.HTML) + 2048)
+	if single && singleEncoding == "7bit" {
+		// A 7bit body needs no encoding and its lines are known to fit:
+		// write it after the header as is, instead of through go-message's
+		// line wrapper, which re-scans it byte by byte.
+		if err := textproto.WriteHeader(&buf, h.Header.Header); err != nil {
+			return nil, fmt.Errorf("mailmsg: write headers: %w", err)
+		}
+		buf.Write(singleBody)
+		return ensureFinalCRLF(buf.Bytes()), nil
+	}
 	if single {
 		w, err := mail.CreateSingleInlineWriter(&buf, h)
 		if err != nil {
