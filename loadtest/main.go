@@ -34,6 +34,7 @@ type options struct {
 	profile     bool
 	workerConc  int
 	postflowBin string
+	warmup      int
 }
 
 func main() {
@@ -59,6 +60,7 @@ func run() error {
 	flag.BoolVar(&o.plot, "plot", false, "draw a PNG of throughput and latency beside the JSON (needs gnuplot)")
 	flag.BoolVar(&o.profile, "profile", false, "save Postflow CPU and allocation profiles beside the JSON")
 	flag.IntVar(&o.workerConc, "worker-concurrency", 64, "Postflow worker --concurrency")
+	flag.IntVar(&o.warmup, "warmup", 2000, "messages sent to each system before measuring, not counted (connections, processes, JetStream files)")
 	flag.StringVar(&o.postflowBin, "postflow-bin", "", "use this postflow binary instead of building ./services/postflow (to measure an older build)")
 	flag.Parse()
 	o.systems = strings.Split(*systems, ",")

@@ -74,6 +74,13 @@ func runSystem(ctx context.Context, name string, o options, bin *binaries, work 
 		}
 	}()
 
+	if o.warmup > 0 {
+		if err := warmUp(ctx, name, res.Mode, addr, o, snk, run); err != nil {
+			return nil, err
+		}
+	}
+	snk.reset(run)
+
 	watchers := []*procStats{watchProcess("loadtest", os.Getpid(), true)}
 	if sys != nil {
 		names := make([]string, 0)
@@ -261,4 +268,30 @@ func progress(name string, l *load, snk *sink) (stop func()) {
 		}
 	}()
 	return func() { close(done); wg.Wait() }
+}
+
+// warmUp sends o.warmup messages the same way as the measured run and waits
+// for them, so that every system starts measured with its connections,
+// processes and files in place. Nothing of it is counted.
+func warmUp(ctx context.Context, name, mode, addr string, o options, snk *sink, run string) error {
+	n := min(o.warmup, o.messages)
+	snk.reset(run + "-warmup")
+	l := newLoad(run+"-warmup", n, o.concurrency, o.size, 0)
+	wctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	var err error
+	if mode == "send" {
+		err = l.runSend(wctx, addr)
+	} else {
+		err = l.runSMTP(wctx, addr)
+	}
+	if err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+	deadline := time.Now().Add(o.drain)
+	for int64(snk.unique(l)) < l.accepted.Load() && time.Now().Before(deadline) && ctx.Err() == nil {
+		_ = sleepCtx(ctx, 20*time.Millisecond)
+	}
+	fmt.Fprintf(os.Stderr, "%s: warmed up with %d messages (%d accepted, %d errors)\n", name, n, l.accepted.Load(), l.errors.Load())
+	return nil
 }
