@@ -26,6 +26,7 @@ import (
 	"github.com/emersion/go-message/mail"
 	msgdkim "github.com/emersion/go-msgauth/dkim"
 	"github.com/emersion/go-smtp"
+	"github.com/miekg/dns"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -890,5 +891,60 @@ func TestClassifierOverridesReplyClass(t *testing.T) {
 	}
 	if ev := r.GetEvents()[1]; ev.GetState() != postflowv1.RecipientState_RECIPIENT_STATE_DEFERRED || ev.GetCategory() != "throttled" {
 		t.Errorf("first attempt event = %v / %q, want DEFERRED / throttled", ev.GetState(), ev.GetCategory())
+	}
+}
+
+// TestDNSOutcomeTable is the worker-level part of TESTPLAN B5: each DNS
+// situation ends in the documented state, and the permanent ones never
+// connect anywhere.
+func TestDNSOutcomeTable(t *testing.T) {
+	s := startStack(t, testenv.SinkScript{})
+	s.dns.Update(zone + `
+nullmx.test.          60 IN MX 0 .
+noaddr.test.          60 IN MX 10 mx.noaddr.test.
+mx.noaddr.test.       60 IN TXT "no address here"
+cname.test.           60 IN MX 10 alias.cname.test.
+alias.cname.test.     60 IN CNAME mx.example.test.
+implicit.test.        60 IN A 127.0.0.1
+broken.test.          60 IN MX 10 mx.example.test.
+`)
+	s.dns.SetRcode("broken.test.", dns.RcodeServerFailure)
+	tests := []struct {
+		domain   string
+		state    postflowv1.RecipientState
+		enhanced string
+		connects bool
+	}{
+		{"nullmx.test", postflowv1.RecipientState_RECIPIENT_STATE_BOUNCED, "5.1.10", false},
+		{"nowhere.test", postflowv1.RecipientState_RECIPIENT_STATE_BOUNCED, "5.1.2", false},
+		{"noaddr.test", postflowv1.RecipientState_RECIPIENT_STATE_BOUNCED, "5.4.4", false},
+		{"cname.test", postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED, "", true},
+		{"implicit.test", postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED, "", true},
+		{"broken.test", postflowv1.RecipientState_RECIPIENT_STATE_DEFERRED, "4.4.3", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.domain, func(t *testing.T) {
+			before := s.sink.RcptAttempts("x@" + tc.domain)
+			resp := s.send(&postflowv1.SendRequest{From: "me@sender.test", To: []string{"x@" + tc.domain}, Subject: "s", Text: "t"})
+			var r *postflowv1.RecipientStatus
+			deadline := time.Now().Add(20 * time.Second)
+			for time.Now().Before(deadline) {
+				st, err := s.status.GetMessage(context.Background(), &postflowv1.GetMessageRequest{MessageId: resp.GetMessageId()})
+				if err == nil && st.GetRecipients()[0].GetState() == tc.state {
+					r = st.GetRecipients()[0]
+					break
+				}
+				time.Sleep(20 * time.Millisecond) //nolint:forbidigo // poll interval under a deadline
+			}
+			if r == nil {
+				t.Fatalf("%s: never reached %v", tc.domain, tc.state)
+			}
+			if tc.enhanced != "" && r.GetLastReply().GetEnhancedCode() != tc.enhanced {
+				t.Errorf("%s: reply %v, want enhanced code %s", tc.domain, r.GetLastReply(), tc.enhanced)
+			}
+			if connected := s.sink.RcptAttempts("x@"+tc.domain) > before; connected != tc.connects {
+				t.Errorf("%s: reached the SMTP server = %v, want %v", tc.domain, connected, tc.connects)
+			}
+		})
 	}
 }
