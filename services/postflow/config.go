@@ -13,6 +13,7 @@ import (
 	"github.com/postflow/postflow/pkg/mailmsg"
 	"github.com/postflow/postflow/pkg/queue"
 	"github.com/postflow/postflow/pkg/retry"
+	"github.com/postflow/postflow/pkg/smtpout"
 )
 
 // serveConfig is every knob of `postflow serve`, declared once with its
@@ -32,6 +33,7 @@ type serveConfig struct {
 
 	Hostname        string
 	DKIMKeys        string
+	SMTPTimeouts    smtpTimeouts
 	Concurrency     int
 	MaxMessageBytes int
 	RetryMin        time.Duration
@@ -48,6 +50,21 @@ type serveConfig struct {
 
 var knownRoles = []string{"api", "worker", "bounce"}
 
+// smtpTimeouts are the SMTP client's per-phase limits (RFC 5321 §4.5.3.2).
+type smtpTimeouts struct {
+	Connect, Command, Data time.Duration
+}
+
+// attempt is the hard deadline of one delivery attempt: DNS plus the
+// sessions it may open (2, Postfix's smtp_mx_session_limit), each bounded by
+// connect, six command replies and the final reply, with 10% slack
+// (TESTPLAN A12).
+func (t smtpTimeouts) attempt() time.Duration {
+	const dnsBudget = 30 * time.Second
+	session := t.Connect + 6*t.Command + t.Data
+	return (dnsBudget + 2*session) * 11 / 10
+}
+
 func defaultServeConfig() serveConfig {
 	host, _ := os.Hostname()
 	if host == "" {
@@ -61,6 +78,8 @@ func defaultServeConfig() serveConfig {
 		SMTPPort:        25,
 		Simulator:       true,
 		MaxAge:          5 * 24 * time.Hour, // Postfix maximal_queue_lifetime
+		// RFC 5321 §4.5.3.2 minimums, as Postfix uses them.
+		SMTPTimeouts: smtpTimeouts{Connect: smtpout.DefaultConnectTimeout, Command: smtpout.DefaultCommandTimeout, Data: smtpout.DefaultDataTimeout},
 		Hostname:        host,
 		Concurrency:     64,
 		MaxMessageBytes: 10 << 20, // Postfix message_size_limit is 10,240,000
@@ -93,6 +112,9 @@ func serveFlags(fs *flag.FlagSet, cfg *serveConfig) {
 	fs.BoolVar(&cfg.AllowPrivateMX, "allow-private-mx", cfg.AllowPrivateMX, "allow delivery to loopback, private, link-local and unspecified addresses")
 	fs.BoolVar(&cfg.Simulator, "simulator", cfg.Simulator, "run the mailbox simulator for @simulator.postflow.test")
 	fs.DurationVar(&cfg.MaxAge, "max-age", cfg.MaxAge, "how long a message is retried before it expires")
+	fs.DurationVar(&cfg.SMTPTimeouts.Connect, "smtp-connect-timeout", cfg.SMTPTimeouts.Connect, "TCP connect timeout per MX address")
+	fs.DurationVar(&cfg.SMTPTimeouts.Command, "smtp-command-timeout", cfg.SMTPTimeouts.Command, "wait for each SMTP reply before the body (RFC 5321 minimum 5m)")
+	fs.DurationVar(&cfg.SMTPTimeouts.Data, "smtp-data-timeout", cfg.SMTPTimeouts.Data, "wait for the reply after the final dot (RFC 5321 minimum 10m)")
 	fs.StringVar(&cfg.DKIMKeys, "dkim-keys", cfg.DKIMKeys, "directory of DKIM private keys named <selector>._domainkey.<domain>.pem; mail from those domains is signed")
 	fs.StringVar(&cfg.Hostname, "hostname", cfg.Hostname, "name used in EHLO and generated Message-IDs")
 	fs.IntVar(&cfg.Concurrency, "concurrency", cfg.Concurrency, "delivery jobs a worker processes at once")
@@ -163,6 +185,9 @@ func (c *serveConfig) finish() error {
 	if c.MaxMessageBytes < 1024 || c.MaxMessageBytes > 64<<20 {
 		errs = append(errs, fmt.Errorf("--max-message-size: %d out of range 1KiB..64MiB", c.MaxMessageBytes))
 	}
+	if c.SMTPTimeouts.Connect <= 0 || c.SMTPTimeouts.Command <= 0 || c.SMTPTimeouts.Data <= 0 {
+		errs = append(errs, errors.New("--smtp-*-timeout: must be positive"))
+	}
 	if c.ShutdownTimeout <= 0 {
 		errs = append(errs, errors.New("--shutdown-timeout: must be positive"))
 	}
@@ -208,6 +233,8 @@ func (c *serveConfig) logAttrs() []any {
 		slog.Int("concurrency", c.Concurrency), slog.Int("max_message_size", c.MaxMessageBytes),
 		slog.Duration("retry_min", c.RetryMin), slog.Duration("retry_max", c.RetryMax),
 		slog.Bool("sync_always", c.SyncAlways), slog.Int("stream_replicas", c.Queue.Replicas),
+		slog.Duration("smtp_connect_timeout", c.SMTPTimeouts.Connect), slog.Duration("smtp_command_timeout", c.SMTPTimeouts.Command),
+		slog.Duration("smtp_data_timeout", c.SMTPTimeouts.Data),
 	}
 }
 

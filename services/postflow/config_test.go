@@ -82,6 +82,12 @@ func TestDefaultsAreAtLeastTheRFCs(t *testing.T) {
 	if c.Queue.Duplicates < 10*time.Minute {
 		t.Errorf("duplicate window %v below 10 min (TESTPLAN §7)", c.Queue.Duplicates)
 	}
+	if c.SMTPTimeouts.Command < 5*time.Minute || c.SMTPTimeouts.Data < 10*time.Minute {
+		t.Errorf("SMTP timeouts %+v below RFC 5321 §4.5.3.2 (5 min per command, 10 min after the dot)", c.SMTPTimeouts)
+	}
+	if got, min := c.SMTPTimeouts.attempt(), 2*(c.SMTPTimeouts.Connect+6*c.SMTPTimeouts.Command+c.SMTPTimeouts.Data); got < min {
+		t.Errorf("attempt deadline %v shorter than two full sessions %v", got, min)
+	}
 	if c.Queue.AckWait/3 > 20*time.Second {
 		t.Errorf("heartbeat %v: TESTPLAN §7 wants InProgress at least every 20 s", c.Queue.AckWait/3)
 	}

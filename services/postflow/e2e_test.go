@@ -948,3 +948,36 @@ broken.test.          60 IN MX 10 mx.example.test.
 		})
 	}
 }
+
+// TestStalledServerDefersAtTheCommandTimeout is TESTPLAN B6 at RCPT: a
+// receiver that never answers costs one command timeout, and the recipient
+// is deferred, never bounced.
+func TestStalledServerDefersAtTheCommandTimeout(t *testing.T) {
+	release := make(chan struct{})
+	const timeout = 300 * time.Millisecond
+	s := startStack(t, testenv.SinkScript{Rcpt: func(addr string, n int) *smtp.SMTPError {
+		if n == 0 {
+			<-release // stall the first attempt until the test ends
+		}
+		return nil
+	}}, func(c *serveConfig) {
+		c.SMTPTimeouts.Command = timeout
+		c.RetryMin, c.RetryMax = 100*time.Millisecond, 100*time.Millisecond
+	})
+	t.Cleanup(func() { close(release) }) // runs before the sink's cleanup
+	resp := s.send(&postflowv1.SendRequest{From: "me@sender.test", To: []string{"stall@example.test"}, Subject: "s", Text: "t"})
+	st := s.waitFinal(resp.GetMessageId(), 30*time.Second)
+	r := st.GetRecipients()[0]
+	if r.GetState() != postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED || r.GetAttempts() != 2 {
+		t.Fatalf("state %v after %d attempts, want DELIVERED on the second", r.GetState(), r.GetAttempts())
+	}
+	queued, deferred := r.GetEvents()[0], r.GetEvents()[1]
+	if deferred.GetState() != postflowv1.RecipientState_RECIPIENT_STATE_DEFERRED || deferred.GetReply().GetRemote() {
+		t.Fatalf("first attempt = %v (remote %v), want a local deferral", deferred.GetState(), deferred.GetReply().GetRemote())
+	}
+	// The stall cost the configured command timeout, not the 5-minute
+	// default; the upper bound leaves room for a loaded CI machine.
+	if took := deferred.GetTime().AsTime().Sub(queued.GetTime().AsTime()); took < timeout || took > timeout+3*time.Second {
+		t.Errorf("stalled attempt took %v, want about one command timeout (%v)", took, timeout)
+	}
+}

@@ -223,14 +223,20 @@ func (a *app) run(ctx context.Context) error {
 		lim := shaping.NewLocal(shaping.DefaultLimits())
 		// Keep as many idle sessions per host as jobs may run at once, so a
 		// busy destination is not re-dialed after every burst.
-		sender := smtpout.New(smtpout.Config{HelloName: a.cfg.Hostname, MaxIdlePerHost: a.cfg.Concurrency})
+		sender := smtpout.New(smtpout.Config{
+			HelloName:      a.cfg.Hostname,
+			MaxIdlePerHost: a.cfg.Concurrency,
+			ConnectTimeout: a.cfg.SMTPTimeouts.Connect,
+			CommandTimeout: a.cfg.SMTPTimeouts.Command,
+			DataTimeout:    a.cfg.SMTPTimeouts.Data,
+		})
 		g.Go(func() error {
 			// Idle SMTP sessions are closed once the worker has drained.
 			defer func() { _ = sender.Close() }()
 			return worker.Run(gctx, worker.Config{
 				Concurrency:     a.cfg.Concurrency,
 				Retry:           a.cfg.retrySchedule(),
-				AttemptTimeout:  40 * time.Minute,
+				AttemptTimeout:  a.cfg.SMTPTimeouts.attempt(),
 				Heartbeat:       a.cfg.Queue.AckWait / 3,
 				ShutdownTimeout: a.cfg.ShutdownTimeout,
 				PoisonAttempts:  5,
