@@ -71,15 +71,15 @@ func defaultServeConfig() serveConfig {
 		host = "localhost"
 	}
 	return serveConfig{
-		GRPCAddr:        "127.0.0.1:8025",
-		HTTPAddr:        "127.0.0.1:8026",
-		DataDir:         "./postflow-data",
-		Roles:           knownRoles,
-		SMTPPort:        25,
-		Simulator:       true,
-		MaxAge:          5 * 24 * time.Hour, // Postfix maximal_queue_lifetime
+		GRPCAddr:  "127.0.0.1:8025",
+		HTTPAddr:  "127.0.0.1:8026",
+		DataDir:   "./postflow-data",
+		Roles:     knownRoles,
+		SMTPPort:  25,
+		Simulator: true,
+		MaxAge:    5 * 24 * time.Hour, // Postfix maximal_queue_lifetime
 		// RFC 5321 §4.5.3.2 minimums, as Postfix uses them.
-		SMTPTimeouts: smtpTimeouts{Connect: smtpout.DefaultConnectTimeout, Command: smtpout.DefaultCommandTimeout, Data: smtpout.DefaultDataTimeout},
+		SMTPTimeouts:    smtpTimeouts{Connect: smtpout.DefaultConnectTimeout, Command: smtpout.DefaultCommandTimeout, Data: smtpout.DefaultDataTimeout},
 		Hostname:        host,
 		Concurrency:     64,
 		MaxMessageBytes: 10 << 20, // Postfix message_size_limit is 10,240,000
