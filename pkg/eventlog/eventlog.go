@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -122,19 +123,37 @@ func Msgs(evs ...*postflowv1.Event) ([]*nats.Msg, error) {
 // Reader reads events back.
 type Reader struct {
 	js jetstream.JetStream
+
+	mu sync.Mutex
+	st jetstream.Stream // looked up once: every read would otherwise cost a STREAM.INFO round trip
 }
 
 // NewReader returns a Reader.
 func NewReader(js jetstream.JetStream) *Reader { return &Reader{js: js} }
+
+// stream returns the EVENTS stream handle, looking it up on first use (and
+// again after a failed lookup).
+func (r *Reader) stream(ctx context.Context) (jetstream.Stream, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.st == nil {
+		st, err := r.js.Stream(ctx, queue.EventsStream)
+		if err != nil {
+			return nil, fmt.Errorf("eventlog: %w", err)
+		}
+		r.st = st
+	}
+	return r.st, nil
+}
 
 // Message returns every event of one message in stream order, or
 // ErrNotFound. It walks the message's subjects with direct gets (the stream
 // allows them, so any replica answers), one round trip per event plus one:
 // no consumer is created, so status reads leave nothing behind on the server.
 func (r *Reader) Message(ctx context.Context, tenant, messageID string) ([]*postflowv1.Event, error) {
-	st, err := r.js.Stream(ctx, queue.EventsStream)
+	st, err := r.stream(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("eventlog: %w", err)
+		return nil, err
 	}
 	filter := queue.MessageEventsFilter(tenant, messageID)
 	var evs []*postflowv1.Event
@@ -162,9 +181,9 @@ func (r *Reader) Message(ctx context.Context, tenant, messageID string) ([]*post
 // LastState returns the latest state recorded for one recipient, or
 // RECIPIENT_STATE_UNSPECIFIED if it has no events.
 func (r *Reader) LastState(ctx context.Context, tenant, messageID string, index int) (postflowv1.RecipientState, error) {
-	st, err := r.js.Stream(ctx, queue.EventsStream)
+	st, err := r.stream(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("eventlog: %w", err)
+		return 0, err
 	}
 	raw, err := st.GetLastMsgForSubject(ctx, queue.EventSubject(tenant, messageID, index))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -189,9 +208,9 @@ func (r *Reader) IsFinal(ctx context.Context, tenant, messageID string, index in
 	if err != nil || last != postflowv1.RecipientState_RECIPIENT_STATE_QUEUED {
 		return Final(last), err
 	}
-	st, err := r.js.Stream(ctx, queue.EventsStream)
+	st, err := r.stream(ctx)
 	if err != nil {
-		return false, fmt.Errorf("eventlog: %w", err)
+		return false, err
 	}
 	subject := queue.EventSubject(tenant, messageID, index)
 	for seq := uint64(1); ; {
