@@ -167,25 +167,44 @@ func (s *stack) send(req *postflowv1.SendRequest) *postflowv1.SendResponse {
 	return resp
 }
 
+// eventually calls cond every 10 ms until it reports true or timeout has
+// passed, and reports whether it did (nats-server's checkFor, in short).
+func eventually(timeout time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(timeout); ; {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond) //nolint:forbidigo // poll interval under a deadline
+	}
+}
+
+// waitState polls GetMessage until done accepts the response.
+func (s *stack) waitState(id string, timeout time.Duration, done func(*postflowv1.GetMessageResponse) bool) *postflowv1.GetMessageResponse {
+	s.t.Helper()
+	var last *postflowv1.GetMessageResponse
+	if eventually(timeout, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		resp, err := s.status.GetMessage(ctx, &postflowv1.GetMessageRequest{MessageId: id})
+		if err != nil {
+			return false
+		}
+		last = resp
+		return done(resp)
+	}) {
+		return last
+	}
+	s.t.Fatalf("message %s not in the expected state within %v; last status: %v", id, timeout, last)
+	return nil
+}
+
 // waitFinal polls GetMessage until every recipient is final.
 func (s *stack) waitFinal(id string, timeout time.Duration) *postflowv1.GetMessageResponse {
 	s.t.Helper()
-	deadline := time.Now().Add(timeout)
-	var last *postflowv1.GetMessageResponse
-	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		resp, err := s.status.GetMessage(ctx, &postflowv1.GetMessageRequest{MessageId: id})
-		cancel()
-		if err == nil {
-			last = resp
-			if allFinal(resp) {
-				return resp
-			}
-		}
-		time.Sleep(20 * time.Millisecond) //nolint:forbidigo // poll interval under a deadline
-	}
-	s.t.Fatalf("message %s not final within %v; last status: %v", id, timeout, last)
-	return nil
+	return s.waitState(id, timeout, allFinal)
 }
 
 // outboundMsgs is the number of jobs in OUTBOUND.
@@ -356,23 +375,18 @@ func TestPermanentFailureBouncesWithoutRetry(t *testing.T) {
 // acknowledgement.
 func (s *stack) waitQueueEmpty(timeout time.Duration) {
 	s.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
+	var info *jetstream.ConsumerInfo
+	if !eventually(timeout, func() bool {
 		cons, err := s.stream.Consumer(context.Background(), queue.OutboundStream, queue.WorkerConsumer)
 		if err != nil {
 			s.t.Fatal(err)
 		}
-		info, err := cons.Info(context.Background())
-		if err != nil {
+		if info, err = cons.Info(context.Background()); err != nil {
 			s.t.Fatal(err)
 		}
-		if s.outboundMsgs() == 0 && info.NumAckPending == 0 && info.NumPending == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("OUTBOUND not empty after %v: %d jobs, %d ack pending", timeout, s.outboundMsgs(), info.NumAckPending)
-		}
-		time.Sleep(20 * time.Millisecond) //nolint:forbidigo // poll interval under a deadline
+		return s.outboundMsgs() == 0 && info.NumAckPending == 0 && info.NumPending == 0
+	}) {
+		s.t.Fatalf("OUTBOUND not empty after %v: %d jobs, %d ack pending", timeout, s.outboundMsgs(), info.NumAckPending)
 	}
 }
 
@@ -427,7 +441,7 @@ func TestOneTraceFromSendToSMTPAttempt(t *testing.T) {
 	// The attempt span ends after the outcome is recorded, so it may end a
 	// moment after the status turned final.
 	attemptTrace := ""
-	for deadline := time.Now().Add(10 * time.Second); attemptTrace == "" && time.Now().Before(deadline); {
+	found := eventually(10*time.Second, func() bool {
 		for _, sp := range spans.Ended() {
 			if sp.Name() != "postflow.delivery.attempt" {
 				continue
@@ -438,11 +452,9 @@ func TestOneTraceFromSendToSMTPAttempt(t *testing.T) {
 				}
 			}
 		}
-		if attemptTrace == "" {
-			time.Sleep(10 * time.Millisecond) //nolint:forbidigo // poll interval under a deadline
-		}
-	}
-	if attemptTrace == "" {
+		return attemptTrace != ""
+	})
+	if !found {
 		t.Fatal("no postflow.delivery.attempt span for the message")
 	}
 	for _, sp := range spans.Ended() {
@@ -926,17 +938,16 @@ broken.test.          60 IN MX 10 mx.example.test.
 		t.Run(tc.domain, func(t *testing.T) {
 			before := s.sink.RcptAttempts("x@" + tc.domain)
 			resp := s.send(&postflowv1.SendRequest{From: "me@sender.test", To: []string{"x@" + tc.domain}, Subject: "s", Text: "t"})
+			// Polled here, not with s.waitState, whose failure would call
+			// FailNow on the parent test from this subtest.
 			var r *postflowv1.RecipientStatus
-			deadline := time.Now().Add(20 * time.Second)
-			for time.Now().Before(deadline) {
+			if !eventually(20*time.Second, func() bool {
 				st, err := s.status.GetMessage(context.Background(), &postflowv1.GetMessageRequest{MessageId: resp.GetMessageId()})
 				if err == nil && st.GetRecipients()[0].GetState() == tc.state {
 					r = st.GetRecipients()[0]
-					break
 				}
-				time.Sleep(20 * time.Millisecond) //nolint:forbidigo // poll interval under a deadline
-			}
-			if r == nil {
+				return r != nil
+			}) {
 				t.Fatalf("%s: never reached %v", tc.domain, tc.state)
 			}
 			if tc.enhanced != "" && r.GetLastReply().GetEnhancedCode() != tc.enhanced {

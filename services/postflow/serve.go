@@ -230,6 +230,16 @@ func (a *app) run(ctx context.Context) error {
 			CommandTimeout: a.cfg.SMTPTimeouts.Command,
 			DataTimeout:    a.cfg.SMTPTimeouts.Data,
 		})
+		deps := worker.Deps{
+			JS:      a.js,
+			Router:  router,
+			Sender:  sender,
+			Limiter: lim,
+			Logger:  a.log,
+		}
+		if signer != nil { // a nil *dkim.Signer must not become a non-nil interface
+			deps.Signer = signer
+		}
 		g.Go(func() error {
 			// Idle SMTP sessions are closed once the worker has drained.
 			defer func() { _ = sender.Close() }()
@@ -240,14 +250,7 @@ func (a *app) run(ctx context.Context) error {
 				Heartbeat:       a.cfg.Queue.AckWait / 3,
 				ShutdownTimeout: a.cfg.ShutdownTimeout,
 				PoisonAttempts:  5,
-			}, worker.Deps{
-				JS:      a.js,
-				Router:  router,
-				Sender:  sender,
-				Limiter: lim,
-				Signer:  signerOrNil(signer),
-				Logger:  a.log,
-			})
+			}, deps)
 		})
 	}
 	if a.cfg.has("bounce") {
@@ -323,12 +326,4 @@ func (a *app) close() {
 		a.ns.Shutdown()
 		a.ns.WaitForShutdown()
 	}
-}
-
-// signerOrNil keeps a nil *dkim.Signer from becoming a non-nil interface.
-func signerOrNil(s *dkim.Signer) interface{ Sign([]byte) ([]byte, error) } {
-	if s == nil {
-		return nil
-	}
-	return s
 }
