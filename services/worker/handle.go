@@ -83,8 +83,8 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	if len(rcpts) == 0 {
 		// Every recipient already final: an earlier attempt finished but its
-		// ack was lost.
-		_ = msg.DoubleAck(ctx)
+		// ack was lost. A plain Ack, for the reason given below.
+		_ = msg.Ack()
 		return
 	}
 
