@@ -539,6 +539,13 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (result
 	}
 
 	r.mu.Lock()
+	// Look again under the lock: a flight for key may have stored its
+	// answer and left between the check above and now, and starting a
+	// second exchange would repeat the query it just made.
+	if res, ok := r.cachedLocked(key); ok {
+		r.mu.Unlock()
+		return res, nil
+	}
 	c := r.flights[key]
 	if c == nil || c.waiters == 0 {
 		// No flight, or one whose callers all left and which is being
@@ -685,6 +692,11 @@ func negativeTTL(resp *dns.Msg) time.Duration {
 func (r *Resolver) cached(key cacheKey) (result, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.cachedLocked(key)
+}
+
+// cachedLocked is cached for callers holding r.mu.
+func (r *Resolver) cachedLocked(key cacheKey) (result, bool) {
 	e, ok := r.cache[key]
 	if !ok {
 		return result{}, false
