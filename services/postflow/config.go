@@ -33,6 +33,8 @@ type serveConfig struct {
 
 	Hostname        string
 	DKIMKeys        string
+	RoutesFile      string
+	TLSRoots        string
 	SMTPTimeouts    smtpTimeouts
 	Concurrency     int
 	MaxMessageBytes int
@@ -116,6 +118,8 @@ func serveFlags(fs *flag.FlagSet, cfg *serveConfig) {
 	fs.DurationVar(&cfg.SMTPTimeouts.Command, "smtp-command-timeout", cfg.SMTPTimeouts.Command, "wait for each SMTP reply before the body (RFC 5321 minimum 5m)")
 	fs.DurationVar(&cfg.SMTPTimeouts.Data, "smtp-data-timeout", cfg.SMTPTimeouts.Data, "wait for the reply after the final dot (RFC 5321 minimum 10m)")
 	fs.StringVar(&cfg.DKIMKeys, "dkim-keys", cfg.DKIMKeys, "directory of DKIM private keys named <selector>._domainkey.<domain>.pem; mail from those domains is signed")
+	fs.StringVar(&cfg.RoutesFile, "routes", cfg.RoutesFile, "YAML file of delivery routes: per-domain TLS policy (opportunistic, require), MTA-STS, smarthost relays; see docs/delivery.md")
+	fs.StringVar(&cfg.TLSRoots, "tls-roots", cfg.TLSRoots, "PEM file of CA certificates that replace the system roots when verifying receivers, relays and MTA-STS hosts")
 	fs.StringVar(&cfg.Hostname, "hostname", cfg.Hostname, "name used in EHLO and generated Message-IDs")
 	fs.IntVar(&cfg.Concurrency, "concurrency", cfg.Concurrency, "delivery jobs a worker processes at once")
 	fs.IntVar(&cfg.MaxMessageBytes, "max-message-size", cfg.MaxMessageBytes, "largest message accepted, in bytes")
@@ -230,6 +234,7 @@ func (c *serveConfig) logAttrs() []any {
 		slog.String("dns_server", c.DNSServer), slog.Int("smtp_port", c.SMTPPort),
 		slog.Bool("allow_private_mx", c.AllowPrivateMX), slog.Bool("simulator", c.Simulator),
 		slog.Duration("max_age", c.MaxAge), slog.String("hostname", c.Hostname), slog.String("dkim_keys", c.DKIMKeys),
+		slog.String("routes", c.RoutesFile), slog.String("tls_roots", c.TLSRoots),
 		slog.Int("concurrency", c.Concurrency), slog.Int("max_message_size", c.MaxMessageBytes),
 		slog.Duration("retry_min", c.RetryMin), slog.Duration("retry_max", c.RetryMax),
 		slog.Bool("sync_always", c.SyncAlways), slog.Int("stream_replicas", c.Queue.Replicas),
