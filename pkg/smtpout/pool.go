@@ -27,13 +27,24 @@ const resetTimeout = 10 * time.Second
 const abandonTimeout = time.Second
 
 // poolKey identifies the idle sessions that may carry a message to a target.
-// host is part of it because a STARTTLS session was set up (SNI and
-// certificate check) for one name and must not serve another. The TLS policy
-// is the Client's (one TLSConfig, always opportunistic) and so is implied by
-// the pool; a per-target policy would have to join the key.
+// host is part of it because a TLS session was set up (SNI and certificate
+// check) for one name and must not serve another; the TLS mode and the
+// login because a session set up under a weaker policy, or for another
+// account, must not carry mail that asks for a stronger one or a different
+// account.
 type poolKey struct {
 	addr netip.AddrPort
 	host string
+	tls  TLSMode
+	user string
+}
+
+func keyOf(t Target) poolKey {
+	k := poolKey{addr: t.Addr, host: t.Host, tls: t.TLS}
+	if t.Auth != nil {
+		k.user = t.Auth.Username
+	}
+	return k
 }
 
 // smtpConn is an established SMTP session with one target: greeted, EHLO

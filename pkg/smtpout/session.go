@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
 	"github.com/postflow/postflow/pkg/deliveryerr"
@@ -38,7 +39,7 @@ func (s *session) run(ctx context.Context) (final bool, err *deliveryerr.Error) 
 		return false, deliveryerr.Temporary(451, "4.4.1", "connection failed",
 			fmt.Errorf("smtpout: invalid address for target %q", s.target.Host))
 	}
-	key := poolKey{addr: s.target.Addr, host: s.target.Host}
+	key := keyOf(s.target)
 	for {
 		pc := s.client.checkout(ctx, key)
 		if pc == nil {
@@ -119,7 +120,7 @@ func (s *session) connect(ctx context.Context) (*smtpConn, bool, *deliveryerr.Er
 		return nil, false, netFailure(ctx, "4.4.1", "connection failed", derr)
 	}
 	conn := &sessionConn{Conn: raw}
-	pc := &smtpConn{key: poolKey{addr: s.target.Addr, host: s.target.Host}, raw: raw, sc: conn, wire: conn}
+	pc := &smtpConn{key: keyOf(s.target), raw: raw, sc: conn, wire: conn}
 	pc.arm(ctx)
 	fail := func(final bool, err *deliveryerr.Error) (*smtpConn, bool, *deliveryerr.Error) {
 		pc.stop()
@@ -127,20 +128,43 @@ func (s *session) connect(ctx context.Context) (*smtpConn, bool, *deliveryerr.Er
 		return nil, final, err
 	}
 
-	c := s.newClient(conn)
+	var c *smtp.Client
+	if s.target.TLS == TLSImplicit {
+		tc, err := s.handshake(ctx, conn)
+		if err != nil {
+			return fail(false, err)
+		}
+		c = s.newClient(tc)
+		pc.wire = tc
+	} else {
+		c = s.newClient(conn)
+	}
 	if err := c.Hello(s.cfg.HelloName); err != nil {
 		return fail(s.early(ctx, err, "banner or EHLO"))
 	}
-	if ok, _ := c.Extension("STARTTLS"); ok {
-		tc, wire, final, err := s.startTLS(ctx, conn)
-		if err != nil {
-			return fail(final, err)
+	if s.target.TLS != TLSImplicit {
+		if ok, _ := c.Extension("STARTTLS"); ok {
+			tc, wire, final, err := s.startTLS(ctx, conn)
+			if err != nil {
+				return fail(final, err)
+			}
+			if tc != nil {
+				c = tc
+				pc.wire = wire
+			} else {
+				pc.noReuse = true
+			}
 		}
-		if tc != nil {
-			c = tc
-			pc.wire = wire
-		} else {
-			pc.noReuse = true
+		if s.target.TLS == TLSRequire && s.res.TLS.Version == "" {
+			return fail(false, deliveryerr.Temporary(451, "4.7.4", "TLS is required, but the server did not offer STARTTLS or refused it", nil))
+		}
+	}
+	if s.target.Auth != nil {
+		if s.res.TLS.Version == "" {
+			return fail(false, deliveryerr.Temporary(451, "4.7.4", "refusing to send credentials without TLS", nil))
+		}
+		if err := s.auth(ctx, c); err != nil {
+			return fail(false, err)
 		}
 	}
 	pc.client = c
@@ -316,33 +340,9 @@ func (s *session) startTLS(ctx context.Context, conn *sessionConn) (*smtp.Client
 			errors.New("smtpout: plaintext data after 220 to STARTTLS"))
 	}
 
-	host := strings.TrimSuffix(s.target.Host, ".")
-	var cfg *tls.Config
-	if s.cfg.TLSConfig != nil {
-		cfg = s.cfg.TLSConfig.Clone()
-	} else {
-		cfg = &tls.Config{}
-	}
-	cfg.ServerName = host
-	// Opportunistic TLS (RFC 7435): any certificate is better than plain
-	// text, so verification is recorded instead of enforced.
-	cfg.InsecureSkipVerify = true
-	verified := false
-	roots := cfg.RootCAs
-	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
-		verified = verifyPeer(cs, roots, host)
-		return nil
-	}
-	tc := tls.Client(conn, cfg)
-	if err := tc.HandshakeContext(ctx); err != nil {
-		return nil, nil, false, deliveryerr.Temporary(451, "4.7.5", "TLS handshake failed", err)
-	}
-	_ = conn.SetDeadline(time.Time{})
-	state := tc.ConnectionState()
-	s.res.TLS = TLSInfo{
-		Version:  tls.VersionName(state.Version),
-		Cipher:   tls.CipherSuiteName(state.CipherSuite),
-		Verified: verified,
+	tc, de := s.handshake(ctx, conn)
+	if de != nil {
+		return nil, nil, false, de
 	}
 
 	// The new client expects a banner; the server sends none after
@@ -354,6 +354,76 @@ func (s *session) startTLS(ctx context.Context, conn *sessionConn) (*smtp.Client
 		return nil, nil, final, de
 	}
 	return c, tc, false, nil
+}
+
+// handshake runs the TLS client handshake on conn, bounded by the command
+// timeout, and records the session's TLS details in res. Opportunistic TLS
+// (RFC 7435) accepts any certificate, since any is better than plain text,
+// and records whether it verified; the stricter modes abort the handshake
+// on a certificate that does not verify for the target's host, so that not
+// even the EHLO is sent over an unauthenticated channel.
+func (s *session) handshake(ctx context.Context, conn *sessionConn) (*tls.Conn, *deliveryerr.Error) {
+	host := strings.TrimSuffix(s.target.Host, ".")
+	var cfg *tls.Config
+	if s.cfg.TLSConfig != nil {
+		cfg = s.cfg.TLSConfig.Clone()
+	} else {
+		cfg = &tls.Config{}
+	}
+	cfg.ServerName = host
+	cfg.InsecureSkipVerify = true
+	verified := false
+	roots := cfg.RootCAs
+	errUnverified := errors.New("smtpout: certificate does not verify for " + host)
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		verified = verifyPeer(cs, roots, host)
+		if !verified && s.target.TLS.verify() {
+			return errUnverified
+		}
+		return nil
+	}
+	_ = conn.SetDeadline(time.Now().Add(s.cfg.CommandTimeout))
+	tc := tls.Client(conn, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		if errors.Is(err, errUnverified) {
+			return nil, deliveryerr.Temporary(451, "4.7.5", "TLS is required, but the server certificate did not verify", err)
+		}
+		return nil, deliveryerr.Temporary(451, "4.7.5", "TLS handshake failed", err)
+	}
+	_ = conn.SetDeadline(time.Time{})
+	state := tc.ConnectionState()
+	s.res.TLS = TLSInfo{
+		Version:  tls.VersionName(state.Version),
+		Cipher:   tls.CipherSuiteName(state.CipherSuite),
+		Verified: verified,
+	}
+	return tc, nil
+}
+
+// auth logs in with the target's credentials, PLAIN when offered, else
+// LOGIN. Every failure is temporary (see Auth); the server's reply text is
+// kept, the credentials never appear in the error.
+func (s *session) auth(ctx context.Context, c *smtp.Client) *deliveryerr.Error {
+	a := s.target.Auth
+	var mech sasl.Client
+	switch {
+	case c.SupportsAuth("PLAIN"):
+		mech = sasl.NewPlainClient("", a.Username, a.Password)
+	case c.SupportsAuth("LOGIN"):
+		mech = sasl.NewLoginClient(a.Username, a.Password)
+	default:
+		return deliveryerr.Temporary(451, "4.7.8", "the relay offers neither AUTH PLAIN nor AUTH LOGIN", nil)
+	}
+	err := c.Auth(mech)
+	if err == nil {
+		return nil
+	}
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		r := fromSMTP(se)
+		return deliveryerr.Temporary(451, "4.7.8", fmt.Sprintf("authentication as %q failed: %d %s %s", a.Username, r.Code, r.Enhanced, r.Message), nil)
+	}
+	return netFailure(ctx, "4.4.2", "connection dropped during AUTH", err)
 }
 
 func (s *session) newClient(conn net.Conn) *smtp.Client {

@@ -14,9 +14,13 @@
 // Other servers get one command per round trip. Either way the body is
 // dot-stuffed in large writes, not byte by byte.
 //
+// Each Target carries its TLS policy: opportunistic STARTTLS (the default),
+// required STARTTLS with a verified certificate, or implicit TLS; and
+// optionally credentials for a relay, sent only over TLS.
+//
 // It does not resolve MX records, choose or order targets, retry later,
-// enforce MTA-STS or DANE, or queue anything: callers pass the targets and
-// decide what to do with temporary failures. It is built on the
+// look up MTA-STS or DANE policies, or queue anything: callers pass the
+// targets with the policy they decided on and handle temporary failures. It is built on the
 // github.com/emersion/go-smtp client and adds what that client lacks:
 // contexts, per-phase deadlines and reply classification.
 package smtpout
@@ -29,6 +33,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -89,7 +94,69 @@ const quitTimeout = 30 * time.Second
 type Target struct {
 	Host string
 	Addr netip.AddrPort
+	// TLS is the policy for this target; the zero value is opportunistic.
+	TLS TLSMode
+	// Auth, when set, authenticates the session (a smarthost). Credentials
+	// are only ever sent over TLS: with TLSOpportunistic a session that
+	// did not get TLS fails instead of authenticating in plain text.
+	Auth *Auth
 }
+
+// TLSMode is how a session uses TLS.
+type TLSMode uint8
+
+const (
+	// TLSOpportunistic uses STARTTLS when the server offers it and accepts
+	// any certificate, recording whether it verified (RFC 7435); it goes on
+	// in plain text when STARTTLS is not offered or is refused.
+	TLSOpportunistic TLSMode = iota
+	// TLSRequire needs STARTTLS and a certificate that verifies for
+	// Target.Host against the configured roots (RFC 3207 §4.1, and the
+	// rule MTA-STS enforce mode applies, RFC 8461 §4.2). Otherwise the
+	// session ends before MAIL with a temporary 4.7.4 (no STARTTLS) or
+	// 4.7.5 (certificate) failure and the next target is tried.
+	TLSRequire
+	// TLSImplicit speaks TLS from the first byte (submissions on port 465,
+	// RFC 8314 §3.3), with the certificate verified as for TLSRequire.
+	TLSImplicit
+)
+
+// String returns the policy name used in configuration and logs.
+func (m TLSMode) String() string {
+	switch m {
+	case TLSOpportunistic:
+		return "opportunistic"
+	case TLSRequire:
+		return "require"
+	case TLSImplicit:
+		return "implicit"
+	}
+	return "TLSMode(" + strconv.Itoa(int(m)) + ")"
+}
+
+// verify reports whether the mode refuses an unverified certificate.
+func (m TLSMode) verify() bool { return m == TLSRequire || m == TLSImplicit }
+
+// Auth holds SMTP AUTH credentials (RFC 4954). PLAIN is used when the
+// server offers it, else LOGIN. A refused login fails the attempt
+// temporarily (4.7.8): it is the relay's configuration that is wrong, not
+// the message, as Postfix's smtp_sasl_auth_soft_bounce also assumes.
+type Auth struct {
+	Username string
+	Password string
+}
+
+// String hides the password, so that logging a Target or a Config cannot
+// leak it.
+func (a *Auth) String() string {
+	if a == nil {
+		return "<nil>"
+	}
+	return a.Username + ":REDACTED"
+}
+
+// GoString hides the password from %#v as well.
+func (a *Auth) GoString() string { return "&smtpout.Auth{" + a.String() + "}" }
 
 // Config configures a Client. Zero fields take the defaults above.
 type Config struct {

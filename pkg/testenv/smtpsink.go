@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 )
 
@@ -43,6 +44,16 @@ type SinkScript struct {
 	DisableSMTPUTF8 bool
 	// MaxMessageBytes, if positive, is advertised with SIZE and enforced.
 	MaxMessageBytes int64
+	// ImplicitTLS makes the sink speak TLS from the first byte with the
+	// TLS configuration, as a submission server on port 465 does.
+	ImplicitTLS bool
+	// Auth, if set, makes the sink a relay that wants a login: it offers
+	// AUTH (over TLS only) with the mechanisms in AuthMechanisms, accepts
+	// these username → password pairs, and answers MAIL before a login
+	// with go-smtp's 502 5.7.0.
+	Auth map[string]string
+	// AuthMechanisms lists the mechanisms offered; default PLAIN and LOGIN.
+	AuthMechanisms []string
 }
 
 // SinkMessage is one message the sink accepted.
@@ -56,6 +67,8 @@ type SinkMessage struct {
 	Data []byte
 	// Received is when the sink accepted the message.
 	Received time.Time
+	// AuthUser is the username the session logged in as, if any.
+	AuthUser string
 }
 
 // SMTPSink is a scripted go-smtp server on a loopback port that records
@@ -105,9 +118,16 @@ func StartSMTPSink(t testing.TB, script SinkScript) *SMTPSink {
 	srv.WriteTimeout = time.Minute
 	s.server = srv
 
+	var ln net.Listener = s.ln
+	if script.ImplicitTLS {
+		if script.TLS == nil {
+			t.Fatal("testenv: smtp sink: ImplicitTLS needs a TLS configuration")
+		}
+		ln = tls.NewListener(s.ln, script.TLS)
+	}
 	go func() {
 		defer close(s.served)
-		_ = srv.Serve(s.ln)
+		_ = srv.Serve(ln)
 	}()
 
 	t.Cleanup(func() {
@@ -198,7 +218,11 @@ func (s *SMTPSink) WaitForCount(t testing.TB, n int, timeout time.Duration) {
 }
 
 func (s *SMTPSink) newSession(*smtp.Conn) (smtp.Session, error) {
-	return &sinkSession{sink: s}, nil
+	ss := &sinkSession{sink: s}
+	if s.script.Auth != nil {
+		return &authSinkSession{sinkSession: ss}, nil
+	}
+	return ss, nil
 }
 
 func (s *SMTPSink) connOpened() {
@@ -217,9 +241,10 @@ func (s *SMTPSink) connClosed() {
 
 // sinkSession is one SMTP session; go-smtp calls it from one goroutine.
 type sinkSession struct {
-	sink  *SMTPSink
-	from  string
-	rcpts []string
+	sink     *SMTPSink
+	from     string
+	rcpts    []string
+	authUser string
 }
 
 func (ss *sinkSession) Reset() {
@@ -232,6 +257,9 @@ func (ss *sinkSession) Logout() error { return nil }
 func (ss *sinkSession) Mail(from string, _ *smtp.MailOptions) error {
 	ss.from = ""
 	ss.rcpts = nil
+	if ss.sink.script.Auth != nil && ss.authUser == "" {
+		return smtp.ErrAuthRequired
+	}
 	if f := ss.sink.script.Mail; f != nil {
 		if reply := f(from); reply != nil {
 			return reply
@@ -271,9 +299,61 @@ func (ss *sinkSession) Data(r io.Reader) error {
 		}
 	}
 	s.mu.Lock()
-	s.messages = append(s.messages, SinkMessage{From: ss.from, To: rcpts, Data: body, Received: time.Now()})
+	s.messages = append(s.messages, SinkMessage{From: ss.from, To: rcpts, Data: body, Received: time.Now(), AuthUser: ss.authUser})
 	s.mu.Unlock()
 	return nil
+}
+
+// authSinkSession is a sinkSession that offers AUTH (go-smtp offers it for
+// every session type that has these methods, hence the separate type).
+type authSinkSession struct {
+	*sinkSession
+}
+
+func (ss *authSinkSession) AuthMechanisms() []string {
+	if m := ss.sink.script.AuthMechanisms; m != nil {
+		return m
+	}
+	return []string{sasl.Plain, sasl.Login}
+}
+
+func (ss *authSinkSession) Auth(mech string) (sasl.Server, error) {
+	check := func(user, pass string) error {
+		if want, ok := ss.sink.script.Auth[user]; !ok || want != pass {
+			return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Authentication credentials invalid"}
+		}
+		ss.authUser = user
+		return nil
+	}
+	switch mech {
+	case sasl.Plain:
+		return sasl.NewPlainServer(func(_, user, pass string) error { return check(user, pass) }), nil
+	case sasl.Login:
+		return &loginServer{check: check}, nil
+	}
+	return nil, smtp.ErrAuthUnknownMechanism
+}
+
+// loginServer is the server side of the obsolete but common LOGIN
+// mechanism (draft-murchison-sasl-login), which go-sasl only implements as
+// a client: a username and a password, each after a challenge.
+type loginServer struct {
+	check      func(user, pass string) error
+	user       string
+	gotUser    bool
+	challenged bool
+}
+
+func (l *loginServer) Next(resp []byte) ([]byte, bool, error) {
+	switch {
+	case !l.challenged && resp == nil:
+		l.challenged = true
+		return []byte("Username:"), false, nil
+	case !l.gotUser:
+		l.user, l.gotUser = string(resp), true
+		return []byte("Password:"), false, nil
+	}
+	return nil, true, l.check(l.user, string(resp))
 }
 
 // sinkListener counts connections and answers SinkScript.Greet refusals
