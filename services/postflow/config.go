@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"github.com/postflow/postflow/pkg/mailmsg"
 	"github.com/postflow/postflow/pkg/queue"
 	"github.com/postflow/postflow/pkg/retry"
+	"github.com/postflow/postflow/pkg/routes"
 	"github.com/postflow/postflow/pkg/smtpout"
 )
 
@@ -48,6 +50,12 @@ type serveConfig struct {
 
 	// Not flags: sized from the above.
 	Queue queue.Config
+	// Not flags: read by finish from RoutesFile and TLSRoots.
+	routes   *routes.Table
+	tlsRoots *x509.CertPool
+	// mtastsPort is the HTTPS port of MTA-STS policy hosts; zero is 443.
+	// Only tests change it.
+	mtastsPort int
 }
 
 var knownRoles = []string{"api", "worker", "bounce"}
@@ -208,6 +216,23 @@ func (c *serveConfig) finish() error {
 	}
 	if err := c.Queue.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.RoutesFile != "" {
+		t, err := routes.Load(c.RoutesFile, os.Getenv)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--routes: %w", err))
+		}
+		c.routes = t
+	}
+	if c.TLSRoots != "" {
+		pem, err := os.ReadFile(c.TLSRoots)
+		c.tlsRoots = x509.NewCertPool()
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("--tls-roots: %w", err))
+		case !c.tlsRoots.AppendCertsFromPEM(pem):
+			errs = append(errs, fmt.Errorf("--tls-roots: %s holds no PEM certificate", c.TLSRoots))
+		}
 	}
 	return errors.Join(errs...)
 }

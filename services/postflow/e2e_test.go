@@ -72,6 +72,27 @@ type stack struct {
 	status postflowv1.StatusServiceClient
 	stream jetstream.JetStream
 	api    *runningApp
+	// logs holds every app's log lines at Info and above, so tests can
+	// assert what is (and is not) logged.
+	logs lockedBuffer
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent writers.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 type runningApp struct {
@@ -138,10 +159,11 @@ func startStack(t testing.TB, script testenv.SinkScript, opts ...stackOpt) *stac
 func (s *stack) startApp(cfg serveConfig) *runningApp {
 	s.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
+	var out io.Writer = &s.logs
 	if testing.Verbose() {
-		log = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		out = io.MultiWriter(&s.logs, os.Stderr)
 	}
+	log := slog.New(slog.NewJSONHandler(out, nil))
 	a, err := newApp(ctx, cfg, log, http.NotFoundHandler())
 	if err != nil {
 		cancel()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -22,8 +23,10 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/postflow/postflow/pkg/dkim"
+	"github.com/postflow/postflow/pkg/mtasts"
 	"github.com/postflow/postflow/pkg/mx"
 	"github.com/postflow/postflow/pkg/queue"
+	"github.com/postflow/postflow/pkg/routes"
 	"github.com/postflow/postflow/pkg/shaping"
 	"github.com/postflow/postflow/pkg/simulator"
 	"github.com/postflow/postflow/pkg/smtpout"
@@ -49,6 +52,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string) (err 
 	log := telemetry.NewLogger(os.Stderr, cfg.LogLevel)
 	if cfg.CheckConfig {
 		log.Info("configuration is valid", cfg.logAttrs()...)
+		for _, line := range cfg.routes.Describe() {
+			log.Info("route: " + line)
+		}
 		return nil
 	}
 
@@ -229,10 +235,29 @@ func (a *app) run(ctx context.Context) error {
 			ConnectTimeout: a.cfg.SMTPTimeouts.Connect,
 			CommandTimeout: a.cfg.SMTPTimeouts.Command,
 			DataTimeout:    a.cfg.SMTPTimeouts.Data,
+			// nil RootCAs is the system pool.
+			TLSConfig: &tls.Config{RootCAs: a.cfg.tlsRoots},
 		})
+		table := a.cfg.routes
+		if a.sim != nil {
+			// The simulator is ours, on loopback: no MTA-STS lookups,
+			// no smarthost, whatever the default route says.
+			table = table.With(simulator.Domain, routes.Route{TLS: smtpout.TLSOpportunistic, Rule: "simulator"})
+		}
+		sts, err := mtasts.New(mtasts.Config{
+			Resolver:     router,
+			RootCAs:      a.cfg.tlsRoots,
+			Port:         a.cfg.mtastsPort,
+			AllowPrivate: a.cfg.AllowPrivateMX,
+		})
+		if err != nil {
+			return fmt.Errorf("mta-sts: %w", err)
+		}
 		deps := worker.Deps{
 			JS:      a.js,
 			Router:  router,
+			Routes:  table,
+			MTASTS:  sts,
 			Sender:  sender,
 			Limiter: lim,
 			Logger:  a.log,

@@ -154,13 +154,9 @@ func (w *Worker) attempt(ctx context.Context, job *queuev1.DeliveryJob, rcpts []
 		}
 		return outs
 	}
-	mxTargets, err := w.router.Lookup(ctx, job.GetDomain())
+	targets, err := w.targets(ctx, job.GetDomain())
 	if err != nil {
 		return fail(err)
-	}
-	targets := make([]smtpout.Target, len(mxTargets))
-	for i, t := range mxTargets {
-		targets[i] = smtpout.Target{Host: t.Host, Addr: t.Addr}
 	}
 	env := smtpout.Envelope{From: job.GetEnvelopeFrom(), SMTPUTF8: job.GetSmtputf8()}
 	for _, r := range rcpts {

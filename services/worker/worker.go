@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -18,9 +19,11 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/postflow/postflow/pkg/eventlog"
+	"github.com/postflow/postflow/pkg/mtasts"
 	"github.com/postflow/postflow/pkg/mx"
 	"github.com/postflow/postflow/pkg/queue"
 	"github.com/postflow/postflow/pkg/retry"
+	"github.com/postflow/postflow/pkg/routes"
 	"github.com/postflow/postflow/pkg/smtpout"
 )
 
@@ -45,9 +48,17 @@ type Config struct {
 	PoisonAttempts int
 }
 
-// router resolves a recipient domain to SMTP targets.
+// router resolves a recipient domain to its MX targets, and a smarthost's
+// name to its addresses.
 type router interface {
 	Lookup(ctx context.Context, domain string) ([]mx.Target, error)
+	Addrs(ctx context.Context, host string) ([]netip.Addr, error)
+}
+
+// stsPolicies returns a domain's MTA-STS policy: nil when it has none, or
+// when it cannot be fetched (then with the error).
+type stsPolicies interface {
+	Get(ctx context.Context, domain string) (*mtasts.Policy, error)
 }
 
 // sender runs one SMTP delivery attempt.
@@ -70,8 +81,14 @@ type limiter interface {
 
 // Deps are the worker's collaborators.
 type Deps struct {
-	JS      jetstream.JetStream
-	Router  router
+	JS     jetstream.JetStream
+	Router router
+	// Routes holds each domain's TLS policy and smarthost; nil routes
+	// every domain to its MX hosts with opportunistic TLS.
+	Routes *routes.Table
+	// MTASTS, if set, is consulted for domains whose route honours
+	// MTA-STS.
+	MTASTS  stsPolicies
 	Sender  sender
 	Limiter limiter
 	// Signer, if set, DKIM-signs each message just before it is sent, so
@@ -86,6 +103,8 @@ type Deps struct {
 type Worker struct {
 	cfg    Config
 	router router
+	routes *routes.Table
+	sts    stsPolicies
 	sender sender
 	limit  limiter
 	sign   signer
@@ -105,6 +124,8 @@ func New(cfg Config, deps Deps) *Worker {
 	return &Worker{
 		cfg:    cfg,
 		router: deps.Router,
+		routes: deps.Routes,
+		sts:    deps.MTASTS,
 		sender: deps.Sender,
 		limit:  deps.Limiter,
 		sign:   deps.Signer,

@@ -1,0 +1,104 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+
+	"github.com/postflow/postflow/pkg/deliveryerr"
+	"github.com/postflow/postflow/pkg/mtasts"
+	"github.com/postflow/postflow/pkg/mx"
+	"github.com/postflow/postflow/pkg/routes"
+	"github.com/postflow/postflow/pkg/smtpout"
+)
+
+// maxRelayAddrs caps the addresses tried for a smarthost, as mx caps MX
+// targets (Postfix's smtp_mx_address_limit).
+const maxRelayAddrs = 5
+
+// targets decides where and how a job's domain is delivered: through its
+// route's smarthost, or to its MX hosts under the route's TLS policy,
+// tightened by the domain's MTA-STS policy when that is in enforce mode. A
+// non-nil error is a *deliveryerr.Error for every recipient.
+func (w *Worker) targets(ctx context.Context, domain string) ([]smtpout.Target, error) {
+	route := w.routes.Lookup(domain)
+	if route.Relay != nil {
+		return w.relayTargets(ctx, route.Relay)
+	}
+	found, err := w.router.Lookup(ctx, domain)
+	if err != nil {
+		return nil, err
+	}
+	mode := route.TLS
+	if route.MTASTS && w.sts != nil {
+		enforced := false
+		if found, enforced, err = w.applySTS(ctx, domain, found); err != nil {
+			return nil, err
+		}
+		if enforced {
+			mode = smtpout.TLSRequire
+		}
+	}
+	targets := make([]smtpout.Target, len(found))
+	for i, t := range found {
+		targets[i] = smtpout.Target{Host: t.Host, Addr: t.Addr, TLS: mode}
+	}
+	return targets, nil
+}
+
+// applySTS keeps the MX targets an enforce-mode MTA-STS policy allows
+// (RFC 8461 §4.1). A policy that cannot be had is logged and ignored, as
+// §5 asks of a sender with no cached policy: failing closed would let
+// anyone who can break an HTTPS fetch stop the domain's mail.
+func (w *Worker) applySTS(ctx context.Context, domain string, found []mx.Target) (kept []mx.Target, enforced bool, err error) {
+	p, stsErr := w.sts.Get(ctx, domain)
+	if stsErr != nil {
+		w.log.WarnContext(ctx, "worker: MTA-STS policy unavailable; delivering without it",
+			slog.String("domain", domain), slog.Any("error", stsErr))
+	}
+	if p == nil || p.Mode != mtasts.ModeEnforce {
+		return found, false, nil
+	}
+	for _, t := range found {
+		if p.Match(t.Host) {
+			kept = append(kept, t)
+		}
+	}
+	if len(kept) == 0 {
+		return nil, true, deliveryerr.Temporary(451, "4.7.5",
+			fmt.Sprintf("no MX host of %s matches its MTA-STS policy (id %s)", domain, p.ID), nil)
+	}
+	return kept, true, nil
+}
+
+// relayTargets resolves a smarthost. Its addresses skip the egress guard:
+// the operator chose the relay, which may well sit on a private network.
+// A relay that does not resolve defers the mail (4.4.3/4.4.4) rather than
+// bouncing it, since the fix is the operator's, not the sender's.
+func (w *Worker) relayTargets(ctx context.Context, relay *routes.Relay) ([]smtpout.Target, error) {
+	var addrs []netip.Addr
+	if a, err := netip.ParseAddr(relay.Host); err == nil {
+		addrs = []netip.Addr{a.Unmap()}
+	} else {
+		// A partial answer (A without AAAA, say) comes with an error
+		// and is used.
+		addrs, err = w.router.Addrs(ctx, relay.Host)
+		if len(addrs) == 0 && err != nil {
+			return nil, deliveryerr.Temporary(451, "4.4.3", "smarthost "+relay.Host+" does not resolve", err)
+		}
+		if len(addrs) == 0 {
+			return nil, deliveryerr.Temporary(451, "4.4.4", "smarthost "+relay.Host+" has no address", nil)
+		}
+	}
+	targets := make([]smtpout.Target, 0, min(len(addrs), maxRelayAddrs))
+	for _, a := range addrs[:min(len(addrs), maxRelayAddrs)] {
+		targets = append(targets, smtpout.Target{
+			Host: relay.Host,
+			Addr: netip.AddrPortFrom(a, uint16(relay.Port)),
+			TLS:  relay.TLS,
+			Auth: relay.Auth,
+		})
+	}
+	return targets, nil
+}
