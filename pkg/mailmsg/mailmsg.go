@@ -10,6 +10,39 @@
 // ValidationError's field violations back into a BadRequest detail. Field
 // names in violations use the proto field paths ("to[2]",
 // "headers[3].value").
+//
+// # Raw messages
+//
+// A raw message is kept octet for octet, with three exceptions:
+//
+//   - Every bare CR and bare LF becomes CRLF (NormalizeCRLF), so nothing on
+//     the wire can end DATA early (SMTP smuggling). A NUL is refused.
+//   - Message-ID and Date fields are added when missing.
+//   - A line over 998 octets (RFC 5322 §2.1.1) is made to fit rather than
+//     refused. A header line is folded at whitespace (RFC 5322 §2.2.3); one
+//     with no whitespace to fold at is refused on "raw". Each MIME leaf part
+//     whose body has such a line is re-encoded: base64 stays base64 with
+//     76-octet lines, anything else (7bit, 8bit, binary, none, and
+//     quoted-printable with overlong lines) is decoded and re-encoded as
+//     quoted-printable. The part's other header fields keep their octets;
+//     Content-Transfer-Encoding is replaced in place; a message without
+//     MIME-Version gets one, and a part without Content-Type gets
+//     "text/plain; charset=" us-ascii, utf-8 or unknown-8bit (RFC 1428),
+//     whichever its content is. Multipart delimiters are written anew
+//     around the same boundaries; a preamble is kept unless it would itself
+//     need rewriting, and epilogues are dropped. A transfer encoding that
+//     cannot be decoded is refused on "raw".
+//
+// 8-bit content: a message that is rewritten for a long line, and whose
+// header and envelope are ASCII (it does not need SMTPUTF8), also has its
+// 8-bit leaf parts re-encoded as quoted-printable, so the stored message is
+// 7-bit throughout: deliverable to a server without 8BITMIME (RFC 6152),
+// and a DKIM signature made later survives a relay's downgrade (RFC 6376
+// §5.3). A message that needs SMTPUTF8 keeps its 8-bit parts (SMTPUTF8
+// implies 8BITMIME). A message with no long line is not rewritten at all,
+// 8-bit content included: it is sent as is, with BODY=8BITMIME where the
+// server offers it. Only a message with a long line pays for MIME parsing
+// beyond validation.
 package mailmsg
 
 import (
@@ -122,9 +155,9 @@ type Built struct {
 	// Recipients are the envelope recipients in request order: to, cc, bcc.
 	Recipients []Address
 	// Body is the whole message, headers included, with CRLF line endings
-	// only, no line over 998 octets (raw input with such a line is refused)
-	// and a final CRLF; it is ready for DATA apart from dot-stuffing, which
-	// is the SMTP client's job.
+	// only, no line over 998 octets (raw input with such a line is folded
+	// or re-encoded; see the package doc) and a final CRLF; it is ready for
+	// DATA apart from dot-stuffing, which is the SMTP client's job.
 	Body []byte
 	// SMTPUTF8 reports that the message needs the SMTPUTF8 extension
 	// (RFC 6531): an envelope or Reply-To address has a non-ASCII local part,

@@ -15,9 +15,9 @@ import (
 )
 
 const (
-	// maxLineOctets is RFC 5322 §2.1.1's hard limit, CRLF excluded. Raw
-	// content is sent as is, so a longer line cannot be re-encoded and is
-	// refused.
+	// maxLineOctets is RFC 5322 §2.1.1's hard limit, CRLF excluded. A raw
+	// message with a longer line is folded or re-encoded to fit (see
+	// reencode.go); one whose header line cannot be folded is refused.
 	maxLineOctets = 998
 	// maxMIMEDepth bounds multipart nesting in raw messages. Real mail nests
 	// 3–5 deep (mixed > related > alternative); deeper trees only cost
@@ -34,7 +34,7 @@ var rawReservedHeaders = []string{
 
 // rawMessage is a raw submission that passed validation.
 type rawMessage struct {
-	norm      []byte // CRLF-normalised message
+	norm      []byte // CRLF-normalised, folded and re-encoded message; may alias Input.Raw
 	messageID string // the message's own Message-ID, without brackets; "" if none
 	hasDate   bool
 }
@@ -52,20 +52,41 @@ func (v *validated) validateRaw(raw []byte, lim Limits) *rawMessage {
 	if bytes.IndexByte(raw, 0) >= 0 {
 		return bad("contains NUL")
 	}
-	norm := NormalizeCRLF(raw)
-	if n, l := longestLine(norm); l > maxLineOctets {
-		return bad("line %d is %d octets, limit %d", n, l, maxLineOctets)
+	// norm may alias raw; nothing below writes to it.
+	norm := raw
+	if !IsCanonicalCRLF(raw) {
+		norm = NormalizeCRLF(raw)
+	}
+	if bytes.HasPrefix(norm, crlf) {
+		return bad("has no header section")
+	}
+	hdrEnd := bytes.Index(norm, []byte("\r\n\r\n"))
+	longBody := false
+	if _, l := longestLine(norm); l > maxLineOctets {
+		// Only a message with a long line pays for this.
+		hdr, body := norm, []byte(nil)
+		if hdrEnd >= 0 {
+			hdr, body = norm[:hdrEnd+2], norm[hdrEnd+4:]
+		}
+		folded, err := foldHeader(hdr)
+		if err != nil {
+			return bad("%s", err)
+		}
+		longBody = hasLongLine(body)
+		if len(folded) != len(hdr) {
+			norm = folded
+			if body != nil {
+				norm = concat(folded, crlf, body)
+				hdrEnd = len(folded) - 2
+			}
+		}
 	}
 
-	hdrEnd := bytes.Index(norm, []byte("\r\n\r\n"))
 	var hdrBytes []byte
 	if hdrEnd < 0 { // header section only, no body
 		hdrBytes = append(ensureFinalCRLF(bytes.Clone(norm)), '\r', '\n')
 	} else {
 		hdrBytes = norm[:hdrEnd+4]
-	}
-	if bytes.HasPrefix(norm, []byte("\r\n")) {
-		return bad("has no header section")
 	}
 	th, err := textproto.ReadHeader(bufio.NewReader(bytes.NewReader(hdrBytes)))
 	if err != nil {
@@ -114,6 +135,19 @@ func (v *validated) validateRaw(raw []byte, lim Limits) *rawMessage {
 	if !isASCII(string(hdrBytes)) {
 		v.smtputf8 = true
 	}
+	if ok && longBody {
+		// A message that needs SMTPUTF8 is sent 8-bit anyway, so only
+		// one that does not is made 7-bit while it is rewritten.
+		h, b, err := reencoder{sevenBit: !v.smtputf8}.message(norm[:hdrEnd+2], norm[hdrEnd+4:])
+		if err != nil {
+			problem("%s", err)
+		} else if r.norm = concat(h, crlf, b); hasLongLine(r.norm) {
+			// Unreachable unless the rewrite missed a case; Built.Body
+			// promises the limit.
+			n, l := longestLine(r.norm)
+			problem("line %d is %d octets once re-encoded, limit %d", n, l, maxLineOctets)
+		}
+	}
 	if !ok {
 		return nil
 	}
@@ -121,7 +155,7 @@ func (v *validated) validateRaw(raw []byte, lim Limits) *rawMessage {
 }
 
 // build prepends the missing Message-ID and Date fields, leaving every
-// original octet in place, and returns the body and the message's id.
+// validated octet in place, and returns the body and the message's id.
 func (r *rawMessage) build(now time.Time, idDomain string) ([]byte, string, error) {
 	id := r.messageID
 	var th textproto.Header

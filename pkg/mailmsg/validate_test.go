@@ -132,9 +132,14 @@ func TestBuildRejects(t *testing.T) {
 		{"raw invalid base64", func(in *Input) {
 			*in = Input{From: "sender@example.com", To: []string{"r@example.org"}, Raw: []byte("From: sender@example.com\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!!notbase64***\r\n")}
 		}, Limits{}, "raw", "base64"},
-		{"raw line over 998", func(in *Input) {
-			*in = Input{From: "sender@example.com", To: []string{"r@example.org"}, Raw: append(validRaw(), strings.Repeat("x", 999)...)}
-		}, Limits{}, "raw", "999 octets"},
+		// A long body line is re-encoded (reencode_test.go); a header line
+		// with nowhere to fold is refused.
+		{"raw header line over 998 without whitespace", func(in *Input) {
+			*in = Input{From: "sender@example.com", To: []string{"r@example.org"}, Raw: append([]byte("X-Long: "+strings.Repeat("x", 998)+"\r\n"), validRaw()...)}
+		}, Limits{}, "raw", "header line 1 is 1006 octets with no whitespace to fold it at, limit 998"},
+		{"raw re-encoded over the size limit", func(in *Input) {
+			*in = Input{From: "sender@example.com", To: []string{"r@example.org"}, Raw: append(validRaw(), strings.Repeat("\xff", 1000)...)}
+		}, Limits{MaxMessageBytes: 2000}, "raw", "once built, limit 2000"},
 		// Bcc used as a header; reserved headers.
 		{"bcc header", func(in *Input) { in.Headers = []Header{{"Bcc", "x@example.net"}} }, Limits{}, "headers[0].name", "not allowed"},
 		{"dkim-signature header", func(in *Input) { in.Headers = []Header{{"X-A", "1"}, {"DKIM-Signature", "v=1"}} }, Limits{}, "headers[1].name", "not allowed"},
