@@ -43,7 +43,7 @@ func TestRequireTLS(t *testing.T) {
 				return
 			}
 			for i, r := range res.Recipients {
-				wantErr(t, fmt.Sprint("recipient ", i), r, true, 451, tc.enhanced)
+				_ = wantErr(t, fmt.Sprint("recipient ", i), r, true, 451, tc.enhanced)
 			}
 			if sink.Count() != 0 || sink.RcptAttempts("a@example.net") != 0 {
 				t.Fatalf("sink got %d messages and %d RCPTs, want none under the require policy", sink.Count(), sink.RcptAttempts("a@example.net"))
@@ -87,7 +87,7 @@ func TestPoolKeepsPoliciesApart(t *testing.T) {
 	}
 	target.TLS = TLSRequire
 	res := c.Deliver(context.Background(), []Target{target}, env("a@example.net"), []byte(testBody))
-	wantErr(t, "require over the pooled plain session", res.Recipients[0], true, 451, "4.7.4")
+	_ = wantErr(t, "require over the pooled plain session", res.Recipients[0], true, 451, "4.7.4")
 	if sink.Count() != 1 {
 		t.Fatalf("sink count = %d, want 1: the require delivery must not use the plain session", sink.Count())
 	}
@@ -114,7 +114,7 @@ func TestImplicitTLS(t *testing.T) {
 			target := Target{Host: "relay.test", Addr: sink.Addr(), TLS: TLSImplicit}
 			res := New(cfg).Deliver(context.Background(), []Target{target}, env("a@example.net"), []byte(testBody))
 			if !tc.delivers {
-				wantErr(t, "unverified implicit TLS", res.Recipients[0], true, 451, "4.7.5")
+				_ = wantErr(t, "unverified implicit TLS", res.Recipients[0], true, 451, "4.7.5")
 				if sink.Count() != 0 {
 					t.Fatalf("sink count = %d, want 0", sink.Count())
 				}
@@ -175,7 +175,7 @@ func TestSmarthostAuth(t *testing.T) {
 			if tc.enhanced == "5.7.0" {
 				// The relay's own refusal at MAIL (go-smtp says 502): permanent, as
 				// any 5xx at MAIL is.
-				wantErr(t, "MAIL without login", r, false, 502, "5.7.0")
+				_ = wantErr(t, "MAIL without login", r, false, 502, "5.7.0")
 				return
 			}
 			de := wantErr(t, "auth failure", r, true, 451, tc.enhanced)
@@ -193,7 +193,7 @@ func TestNoCredentialsInPlainText(t *testing.T) {
 	sink := testenv.StartSMTPSink(t, testenv.SinkScript{})
 	target := Target{Host: "relay.test", Addr: sink.Addr(), Auth: &Auth{"u", "p"}}
 	res := New(testConfig()).Deliver(context.Background(), []Target{target}, env("a@example.net"), []byte(testBody))
-	wantErr(t, "plain-text login", res.Recipients[0], true, 451, "4.7.4")
+	_ = wantErr(t, "plain-text login", res.Recipients[0], true, 451, "4.7.4")
 	if sink.Count() != 0 {
 		t.Fatalf("sink count = %d, want 0", sink.Count())
 	}
