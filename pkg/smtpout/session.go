@@ -385,8 +385,14 @@ func (s *session) handshake(ctx context.Context, conn *sessionConn) (*tls.Conn, 
 	_ = conn.SetDeadline(time.Now().Add(s.cfg.CommandTimeout))
 	tc := tls.Client(conn, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
-		if errors.Is(err, errUnverified) {
+		var ne net.Error
+		switch {
+		case errors.Is(err, errUnverified):
 			return nil, deliveryerr.Temporary(451, "4.7.5", "TLS is required, but the server certificate did not verify", err)
+		case ctx.Err() != nil, errors.As(err, &ne) && ne.Timeout(), errors.Is(err, io.EOF):
+			// A server that stops answering or hangs up is a network
+			// failure, not a cryptographic one (RFC 3463 X.7.5).
+			return nil, netFailure(ctx, "4.4.2", "connection dropped during TLS handshake", err)
 		}
 		return nil, deliveryerr.Temporary(451, "4.7.5", "TLS handshake failed", err)
 	}

@@ -218,8 +218,10 @@ type SendRequest struct {
 	// and a Date header are added when missing. It must have exactly one From
 	// header, at most one Date, Message-ID, Subject and Sender, no Bcc,
 	// Received, Return-Path, DKIM-Signature, ARC-* or Authentication-Results
-	// header, no line over 998 octets and no NUL; violations are reported on
-	// field "raw".
+	// header, and no NUL; violations are reported on field "raw". A body
+	// line over 998 octets makes its MIME part re-encoded (quoted-printable,
+	// or base64 re-wrapped) and an over-long header line is folded; a header
+	// line with no white space to fold at is refused.
 	Raw []byte `protobuf:"bytes,13,opt,name=raw,proto3" json:"raw,omitempty"`
 	// ExpireAt, if set, bounds retries for this message: temporary failures
 	// after it make the recipient expired (RFC 3463 4.4.7). It must be in the
