@@ -423,3 +423,26 @@ func charsetOf(b []byte) string {
 		return "unknown-8bit"
 	}
 }
+
+// SevenBit returns msg, a complete CRLF message, with every MIME leaf part
+// that holds 8-bit octets (or a line over 998 octets) re-encoded as
+// quoted-printable, or re-wrapped base64, so that it may go to a server
+// that does not offer 8BITMIME (RFC 6152 §3, the conversion RFC 1652 §3
+// allows a relay). Parts that need no change keep their octets; msg itself
+// is returned when nothing does. It fails for a message whose header
+// section holds 8-bit octets (it needs SMTPUTF8, not a conversion) and for
+// parts whose encoding cannot be decoded.
+func SevenBit(msg []byte) ([]byte, error) {
+	if isASCII(msg) {
+		return msg, nil
+	}
+	end := bytes.Index(msg, []byte("\r\n\r\n"))
+	if end < 0 || !isASCII(msg[:end]) {
+		return nil, errors.New("mailmsg: the header section has 8-bit octets; the message needs SMTPUTF8")
+	}
+	h, b, err := reencoder{sevenBit: true}.message(msg[:end+2], msg[end+4:])
+	if err != nil {
+		return nil, fmt.Errorf("mailmsg: %w", err)
+	}
+	return concat(h, crlf, b), nil
+}

@@ -432,3 +432,44 @@ func TestReencodeProperty(t *testing.T) {
 		t.Errorf("built %d, rewrote %d, compared %d of 400; the generator no longer exercises the rewrite", built, changed, compared)
 	}
 }
+
+func TestSevenBit(t *testing.T) {
+	t.Parallel()
+	ascii := []byte("From: a@example.org\r\nSubject: s\r\n\r\nplain\r\n")
+	if got, err := SevenBit(ascii); err != nil || &got[0] != &ascii[0] {
+		t.Fatalf("SevenBit(ASCII) = %q, %v; want the input itself", got, err)
+	}
+
+	single := []byte("From: a@example.org\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nCaf\xc3\xa9 cr\xc3\xa8me\r\n.\r\n")
+	got, err := SevenBit(single)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !isASCII(got) || !bytes.Contains(got, []byte("Content-Transfer-Encoding: quoted-printable")) || !bytes.Contains(got, []byte("MIME-Version: 1.0")) {
+		t.Fatalf("SevenBit(8-bit text) =\n%s\nwant 7-bit quoted-printable with MIME-Version", got)
+	}
+	e, err := message.Read(bytes.NewReader(got))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(e.Body)
+	if err != nil || string(body) != "Caf\xc3\xa9 cr\xc3\xa8me\r\n.\r\n" {
+		t.Fatalf("decoded body %q, %v; want the original text", body, err)
+	}
+
+	multi := []byte("From: a@example.org\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" +
+		"--b\r\nContent-Type: text/plain\r\n\r\nascii part\r\n" +
+		"--b\r\nContent-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\xe9t\xe9\r\n" +
+		"--b--\r\n")
+	got, err = SevenBit(multi)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !isASCII(got) || !bytes.Contains(got, []byte("--b\r\nContent-Type: text/plain\r\n\r\nascii part\r\n")) || !bytes.Contains(got, []byte("=E9t=E9")) {
+		t.Fatalf("SevenBit(multipart) =\n%s\nwant the ASCII part untouched and the 8-bit one quoted-printable", got)
+	}
+
+	if _, err := SevenBit([]byte("From: a@example.org\r\nSubject: caf\xc3\xa9\r\n\r\nx\r\n")); err == nil {
+		t.Fatal("SevenBit accepted an 8-bit header section")
+	}
+}

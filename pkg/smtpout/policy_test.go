@@ -1,10 +1,15 @@
 package smtpout
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/postflow/postflow/pkg/testenv"
@@ -196,5 +201,76 @@ func TestNoCredentialsInPlainText(t *testing.T) {
 	_ = wantErr(t, "plain-text login", res.Recipients[0], true, 451, "4.7.4")
 	if sink.Count() != 0 {
 		t.Fatalf("sink count = %d, want 0", sink.Count())
+	}
+}
+
+// TestNo8BITMIME: 8-bit content never reaches a server that does not offer
+// 8BITMIME (RFC 6152 §3). With a conversion hook the converted body is
+// sent; without one the recipients fail with 5.6.3 before MAIL.
+func TestNo8BITMIME(t *testing.T) {
+	t.Parallel()
+	const converted = "From: a@example.org\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n=C3=A9t=C3=A9\r\n"
+	for _, tc := range []struct {
+		name string
+		hook func() ([]byte, error)
+		want string // body received; "" means none and a 5.6.3 failure
+	}{
+		{"converted", func() ([]byte, error) { return []byte(converted), nil }, converted},
+		{"no hook", nil, ""},
+		{"conversion fails", func() ([]byte, error) { return nil, errors.New("cannot") }, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var (
+				mu       sync.Mutex
+				got      strings.Builder
+				sawMail  bool
+				mailLine string
+			)
+			target := startScriptedServer(t, func(cmd string, conn net.Conn, r *bufio.Reader) bool {
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case strings.HasPrefix(cmd, "EHLO"):
+					_, _ = io.WriteString(conn, "250-seven.test\r\n250 SIZE 100000\r\n")
+				case strings.HasPrefix(cmd, "MAIL"):
+					sawMail, mailLine = true, cmd
+					_, _ = io.WriteString(conn, "250 ok\r\n")
+				case cmd == "DATA":
+					_, _ = io.WriteString(conn, "354 go ahead\r\n")
+					for {
+						line, err := r.ReadString('\n')
+						if err != nil {
+							return false
+						}
+						if line == ".\r\n" {
+							break
+						}
+						got.WriteString(line)
+					}
+					_, _ = io.WriteString(conn, "250 2.0.0 queued\r\n")
+				default:
+					return basicReply(cmd, conn)
+				}
+				return true
+			})
+			e := env("a@example.net")
+			e.SevenBit = tc.hook
+			c := New(testConfig())
+			res := c.Deliver(context.Background(), []Target{target}, e, []byte(testBody))
+			_ = c.Close() // ends the pooled session, and with it the server's loop
+			mu.Lock()
+			defer mu.Unlock()
+			if tc.want == "" {
+				_ = wantErr(t, "8-bit to a 7-bit server", res.Recipients[0], false, 554, "5.6.3")
+				if sawMail {
+					t.Fatal("MAIL was sent although the message could not go to this server")
+				}
+				return
+			}
+			if !res.Recipients[0].Delivered || got.String() != tc.want || strings.Contains(mailLine, "8BITMIME") {
+				t.Fatalf("result %+v, MAIL %q, body %q; want the converted body without BODY=8BITMIME", res.Recipients[0], mailLine, got.String())
+			}
+		})
 	}
 }

@@ -87,6 +87,13 @@ func (s *session) deliver(ctx context.Context, pc *smtpConn) (final bool, err *d
 			return true, err, false
 		}
 	}
+	if ok, _ := c.Extension("8BITMIME"); !ok && !s.env.SMTPUTF8 && has8Bit(s.body) {
+		if err := s.sevenBit(); err != nil {
+			s.res.failAll(s.pending, err)
+			keep = true
+			return true, err, false
+		}
+	}
 	if maxSize, ok := c.MaxMessageSize(); ok && maxSize > 0 && len(s.body) > maxSize {
 		err := deliveryerr.Permanent(552, "5.3.4", "message size exceeds fixed maximum message size",
 			fmt.Errorf("smtpout: %d bytes, server limit %d", len(s.body), maxSize))
@@ -107,6 +114,32 @@ func (s *session) deliver(ctx context.Context, pc *smtpConn) (final bool, err *d
 	var de *deliveryerr.Error
 	de, keep = s.transaction(ctx, pc)
 	return true, de, false
+}
+
+// sevenBit replaces the body with its 7-bit form for a server without
+// 8BITMIME (RFC 6152 §3: 8-bit data must not be sent to it), through
+// Envelope.SevenBit. Without that hook, or when it fails, the message
+// cannot go to this server, which is permanent (5.6.3).
+func (s *session) sevenBit() *deliveryerr.Error {
+	if s.env.SevenBit == nil {
+		return deliveryerr.Permanent(554, "5.6.3", "the message has 8-bit content and the server does not offer 8BITMIME", nil)
+	}
+	body, err := s.env.SevenBit()
+	if err != nil {
+		return deliveryerr.Permanent(554, "5.6.3", "8-bit content could not be converted for a server without 8BITMIME", err)
+	}
+	s.body = canonicalCRLF(body)
+	return nil
+}
+
+// has8Bit reports whether b holds an octet above 127.
+func has8Bit(b []byte) bool {
+	for _, c := range b {
+		if c >= 0x80 {
+			return true
+		}
+	}
+	return false
 }
 
 // connect dials the target, reads the banner, sends EHLO and negotiates

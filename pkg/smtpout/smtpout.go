@@ -284,6 +284,12 @@ type Envelope struct {
 	// SMTPUTF8 requests the RFC 6531 extension; a server without it fails
 	// every recipient permanently with 5.6.7.
 	SMTPUTF8 bool
+	// SevenBit, if set, returns the message converted to 7-bit (for
+	// example mailmsg.SevenBit, then signed again). It is called, once
+	// per session at most, only when the body has 8-bit octets, SMTPUTF8 is
+	// not requested and the server does not offer 8BITMIME. Without it
+	// such a message fails permanently with 5.6.3 at that server.
+	SevenBit func() ([]byte, error)
 }
 
 // TLSInfo describes the STARTTLS session, if any. Version and Cipher are

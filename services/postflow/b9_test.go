@@ -361,10 +361,28 @@ func TestB9CorpusIsCurrent(t *testing.T) {
 // exactly once each, with nothing smuggled in, no bare CR or LF and no line
 // over 998 octets on the wire, reading back as submitted; NUL and
 // unfoldable header lines are refused at the API with nothing queued.
+//
+// It runs twice: against a receiver offering 8BITMIME and SMTPUTF8, and
+// against a 7-bit one offering neither (TESTPLAN B9's "8-bit content
+// without 8BITMIME" and "UTF-8 headers without SMTPUTF8"). The 7-bit one
+// must get no 8-bit octet at all: 8-bit bodies arrive converted to
+// quoted-printable, and messages that need SMTPUTF8 bounce with 5.6.7.
 func TestB9StrictSink(t *testing.T) {
+	t.Run("8BITMIME receiver", func(t *testing.T) { testB9StrictSink(t, false) })
+	t.Run("7-bit receiver", func(t *testing.T) { testB9StrictSink(t, true) })
+}
+
+func testB9StrictSink(t *testing.T, sevenBit bool) {
 	cases := readB9Corpus(t)
-	sink := startStrictSink(t)
+	sink := startStrictSink(t, sevenBit)
 	s := startStack(t, testenv.SinkScript{}, func(c *serveConfig) { c.SMTPPort = sink.port() })
+	// needsUTF8 reports a case whose header needs SMTPUTF8: a 7-bit
+	// receiver cannot take it.
+	needsUTF8 := func(c b9Case) bool {
+		n := mailmsg.NormalizeCRLF([]byte(c.raw))
+		return !b9IsASCII(n[:max(bytes.Index(n, []byte("\r\n\r\n")), 0)])
+	}
+	deliverable := func(c b9Case) bool { return c.accept && !(sevenBit && needsUTF8(c)) }
 
 	type outcome struct {
 		id  string
@@ -412,8 +430,14 @@ func TestB9StrictSink(t *testing.T) {
 		t.FailNow()
 	}
 
-	if !eventually(25*time.Second, func() bool { return sink.received() >= accepted }) {
-		t.Fatalf("strict sink received %d messages and refused %d; want %d", sink.received(), sink.refused(), accepted)
+	want := 0
+	for _, c := range cases {
+		if deliverable(c) {
+			want++
+		}
+	}
+	if !eventually(25*time.Second, func() bool { return sink.received() >= want }) {
+		t.Fatalf("strict sink received %d messages and refused %d; want %d", sink.received(), sink.refused(), want)
 	}
 	s.waitQueueEmpty(10 * time.Second)
 	for i, c := range cases {
@@ -421,8 +445,12 @@ func TestB9StrictSink(t *testing.T) {
 			continue
 		}
 		st := s.waitFinal(results[i].id, 5*time.Second)
-		if got := stateOf(t, st, 0); got != postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED {
-			t.Errorf("%s: state %v (last reply %v), want DELIVERED", c.name, got, st.GetRecipients()[0].GetLastReply())
+		r := st.GetRecipients()[0]
+		if deliverable(c) && r.GetState() != postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED {
+			t.Errorf("%s: state %v (last reply %v), want DELIVERED", c.name, r.GetState(), r.GetLastReply())
+		}
+		if !deliverable(c) && (r.GetState() != postflowv1.RecipientState_RECIPIENT_STATE_BOUNCED || r.GetLastReply().GetEnhancedCode() != "5.6.7") {
+			t.Errorf("%s: state %v (last reply %v), want BOUNCED 5.6.7: the receiver has no SMTPUTF8", c.name, r.GetState(), r.GetLastReply())
 		}
 	}
 
@@ -450,8 +478,8 @@ func TestB9StrictSink(t *testing.T) {
 		}
 		byCase[name] = m
 	}
-	if len(msgs) != accepted || sink.refused() != 0 {
-		t.Errorf("strict sink received %d messages and refused %d, want exactly %d and 0", len(msgs), sink.refused(), accepted)
+	if len(msgs) != want || sink.refused() != 0 {
+		t.Errorf("strict sink received %d messages and refused %d, want exactly %d and 0", len(msgs), sink.refused(), want)
 	}
 	w := sink.wire()
 	if w.bareCR != 0 || w.bareLF != 0 || w.longLines != 0 {
@@ -463,7 +491,7 @@ func TestB9StrictSink(t *testing.T) {
 
 	identical, rewritten := 0, 0
 	for _, c := range cases {
-		if !c.accept {
+		if !deliverable(c) {
 			continue
 		}
 		m, ok := byCase[c.name]
@@ -480,7 +508,8 @@ func TestB9StrictSink(t *testing.T) {
 		}
 		// Every case has its own Message-ID and Date, so nothing is added:
 		// without a long line the message arrives octet for octet.
-		if !b9HasLongLine(submitted) {
+		// A 7-bit receiver gets 8-bit bodies converted.
+		if !b9HasLongLine(submitted) && !(sevenBit && !b9IsASCII(submitted)) {
 			identical++
 			if !bytes.Equal(m.data, submitted) {
 				t.Errorf("%s: received\n%.300q\nwant the submitted message, line endings normalised:\n%.300q", c.name, m.data, submitted)
@@ -490,7 +519,7 @@ func TestB9StrictSink(t *testing.T) {
 		rewritten++
 		// Rewritten for a long line, a message that does not need
 		// SMTPUTF8 (ASCII header) is made 7-bit throughout.
-		if hdrEnd := bytes.Index(submitted, []byte("\r\n\r\n")); b9IsASCII(submitted[:max(hdrEnd, 0)]) && !b9IsASCII(m.data) {
+		if hdrEnd := bytes.Index(submitted, []byte("\r\n\r\n")); (sevenBit || b9IsASCII(submitted[:max(hdrEnd, 0)])) && !b9IsASCII(m.data) {
 			t.Errorf("%s: re-encoded message with an ASCII header still holds 8-bit octets: %.300q", c.name, m.data)
 		}
 		got, err := b9Leaves(m.data, 0)
@@ -506,8 +535,8 @@ func TestB9StrictSink(t *testing.T) {
 			t.Errorf("%s: received message reads as\n%.400q\nwant\n%.400q", c.name, got, want)
 		}
 	}
-	t.Logf("B9: %d cases, %d accepted (%d octet-identical, %d re-encoded), %d refused at the API; sink received %d, wire %d octets over %d sessions",
-		len(cases), accepted, identical, rewritten, rejected, len(msgs), w.octets, w.sessions)
+	t.Logf("B9 (7-bit receiver %v): %d cases, %d accepted (%d octet-identical, %d re-encoded, %d bounced for SMTPUTF8), %d refused at the API; sink received %d, wire %d octets over %d sessions",
+		sevenBit, len(cases), accepted, identical, rewritten, accepted-want, rejected, len(msgs), w.octets, w.sessions)
 }
 
 // hasFieldViolation reports whether st carries a BadRequest violation on field.
@@ -589,7 +618,7 @@ func b9Leaves(msg []byte, depth int) ([]string, error) {
 }
 
 // strictSink is a raw-TCP ESMTP receiver that is strict where go-smtp is
-// tolerant. It offers PIPELINING, 8BITMIME, SMTPUTF8 and SIZE and speaks
+// tolerant. It offers PIPELINING, SIZE and (unless sevenBit) 8BITMIME and SMTPUTF8, and speaks
 // EHLO, HELO, MAIL, RCPT, DATA, RSET, NOOP and QUIT. A command line with a
 // bare CR or LF gets 500 5.5.2; DATA ends only at <CRLF>.<CRLF>, and a
 // message holding a bare CR or LF, or a line over 998 octets (the stuffing
@@ -605,6 +634,9 @@ type strictSink struct {
 	msgs      []strictMsg
 	refusals  int // commands and messages refused for bare CR/LF or length
 	eightBare int // 8-bit messages without BODY=8BITMIME or SMTPUTF8
+	// sevenBit makes the sink offer neither 8BITMIME nor SMTPUTF8, so
+	// that every 8-bit message counts in eightBare.
+	sevenBit bool
 }
 
 // strictMsg is one message the strict sink accepted.
@@ -614,13 +646,13 @@ type strictMsg struct {
 	data []byte // dot-stuffing undone, the terminating ".\r\n" removed
 }
 
-func startStrictSink(t *testing.T) *strictSink {
+func startStrictSink(t *testing.T, sevenBit bool) *strictSink {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &strictSink{ln: ln, conns: map[net.Conn]bool{}}
+	s := &strictSink{ln: ln, conns: map[net.Conn]bool{}, sevenBit: sevenBit}
 	s.wg.Go(func() {
 		for {
 			c, err := ln.Accept()
@@ -703,6 +735,10 @@ func (s *strictSink) serve(c net.Conn, capture *bytes.Buffer) {
 		switch strings.ToUpper(verb) {
 		case "EHLO":
 			inTx, rcpts = false, nil
+			if s.sevenBit {
+				reply("250-strict.test", "250-PIPELINING", "250 SIZE 52428800")
+				continue
+			}
 			reply("250-strict.test", "250-PIPELINING", "250-8BITMIME", "250-SMTPUTF8", "250 SIZE 52428800")
 		case "HELO":
 			inTx, rcpts = false, nil
@@ -715,7 +751,7 @@ func (s *strictSink) serve(c net.Conn, capture *bytes.Buffer) {
 			}
 			up := strings.ToUpper(params)
 			from, rcpts, inTx = addr, nil, true
-			eightBitOK = strings.Contains(up, "BODY=8BITMIME") || strings.Contains(up, "SMTPUTF8")
+			eightBitOK = !s.sevenBit && (strings.Contains(up, "BODY=8BITMIME") || strings.Contains(up, "SMTPUTF8"))
 			reply("250 2.1.0 ok")
 		case "RCPT":
 			addr, _, ok := smtpPathArg(arg, "TO:")
@@ -886,7 +922,7 @@ func (s *strictSink) wire() wireStats {
 // CR and LF, ends DATA only at <CRLF>.<CRLF>, undoes dot-stuffing and
 // counts what it sees on the wire.
 func TestB9StrictSinkIsStrict(t *testing.T) {
-	sink := startStrictSink(t)
+	sink := startStrictSink(t, false)
 	c, err := net.Dial("tcp", sink.ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)

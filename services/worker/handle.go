@@ -18,6 +18,7 @@ import (
 	"github.com/postflow/postflow/pkg/deliveryerr"
 	"github.com/postflow/postflow/pkg/dkim"
 	"github.com/postflow/postflow/pkg/eventlog"
+	"github.com/postflow/postflow/pkg/mailmsg"
 	"github.com/postflow/postflow/pkg/queue"
 	"github.com/postflow/postflow/pkg/retry"
 	"github.com/postflow/postflow/pkg/smtpout"
@@ -161,6 +162,15 @@ func (w *Worker) attempt(ctx context.Context, job *queuev1.DeliveryJob, rcpts []
 	env := smtpout.Envelope{From: job.GetEnvelopeFrom(), SMTPUTF8: job.GetSmtputf8()}
 	for _, r := range rcpts {
 		env.To = append(env.To, r.GetAddress())
+	}
+	// A server without 8BITMIME gets the message made 7-bit, and signed
+	// again: a signature over the 8-bit body would not verify.
+	env.SevenBit = func() ([]byte, error) {
+		conv, err := mailmsg.SevenBit(job.GetBody())
+		if err != nil || w.sign == nil {
+			return conv, err
+		}
+		return w.sign.Sign(conv)
 	}
 	body := job.GetBody()
 	if w.sign != nil {
