@@ -66,6 +66,11 @@ func TestRequireTLSPolicy(t *testing.T) {
 			if b.GetState() != postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED {
 				t.Fatalf("b@other.test: %v, want DELIVERED under the default policy", b.GetState())
 			}
+			// B10 (i): without STARTTLS the opportunistic delivery is
+			// recorded as plain text (no TLS version).
+			if plain := tc.tls == nil; plain != (b.GetTls().GetVersion() == "") {
+				t.Errorf("b@other.test: TLS %v recorded, want none exactly when STARTTLS is not offered", b.GetTls())
+			}
 			if tc.enhanced == "" {
 				if a.GetState() != postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED || !a.GetTls().GetVerified() || a.GetTls().GetVersion() == "" {
 					t.Fatalf("a@example.test: %v with TLS %v, want DELIVERED over verified TLS", a.GetState(), a.GetTls())
