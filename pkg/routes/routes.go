@@ -153,11 +153,11 @@ type relaySpec struct {
 func Load(path string, getenv func(string) string) (*Table, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("routes: %w", err)
+		return nil, err // names the file already
 	}
 	t, err := Parse(b, getenv)
 	if err != nil {
-		return nil, fmt.Errorf("routes: %s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return t, nil
 }
@@ -349,7 +349,11 @@ func describe(what string, r Route) string {
 	if r.Relay == nil {
 		return fmt.Sprintf("%s (%s): MX, tls=%s, mta_sts=%v", what, r.Rule, r.TLS, r.MTASTS)
 	}
-	s := fmt.Sprintf("%s (%s): smarthost %s, tls=%s", what, r.Rule, r.Relay.Addr(), r.Relay.TLS)
+	mode := "starttls"
+	if r.Relay.TLS == smtpout.TLSImplicit {
+		mode = "implicit"
+	}
+	s := fmt.Sprintf("%s (%s): smarthost %s, tls=%s", what, r.Rule, r.Relay.Addr(), mode)
 	if r.Relay.Auth != nil {
 		s += fmt.Sprintf(", user %q, password from %s", r.Relay.Auth.Username, r.Relay.passwordFrom)
 	}

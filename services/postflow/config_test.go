@@ -2,9 +2,13 @@ package main
 
 import (
 	"flag"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/postflow/postflow/pkg/smtpout"
 )
 
 func parseServe(t *testing.T, args []string, env map[string]string) (serveConfig, error) {
@@ -68,6 +72,28 @@ func TestServeConfigRejectsBadInputAllAtOnce(t *testing.T) {
 	}
 	if _, err := parseServe(t, nil, map[string]string{"POSTFLOW_SMTP_PORT": "many"}); err == nil || !strings.Contains(err.Error(), "POSTFLOW_SMTP_PORT") {
 		t.Errorf("bad env value: err = %v, want one naming POSTFLOW_SMTP_PORT", err)
+	}
+}
+
+func TestRoutesAndRootsFilesAreChecked(t *testing.T) {
+	dir := t.TempDir()
+	routes, roots := filepath.Join(dir, "routes.yaml"), filepath.Join(dir, "roots.pem")
+	if err := os.WriteFile(routes, []byte("default: {tls: strict}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(roots, []byte("not PEM\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := parseServe(t, []string{"--routes", routes, "--tls-roots", roots}, nil)
+	if err == nil || !strings.Contains(err.Error(), `--routes: `+routes+`: default: tls: "strict"`) || !strings.Contains(err.Error(), "--tls-roots: "+roots+" holds no PEM certificate") {
+		t.Fatalf("err = %v, want both files' problems", err)
+	}
+	if err := os.WriteFile(routes, []byte("rules: [{match: [bank.example], tls: require}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := parseServe(t, []string{"--routes", routes}, nil)
+	if err != nil || cfg.routes.Lookup("bank.example").TLS != smtpout.TLSRequire {
+		t.Fatalf("valid routes file: err %v, bank.example route %+v", err, cfg.routes.Lookup("bank.example"))
 	}
 }
 
