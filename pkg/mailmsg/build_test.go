@@ -15,6 +15,8 @@ import (
 
 	"github.com/emersion/go-message/mail"
 	"github.com/emersion/go-message/textproto"
+
+	"github.com/postflow/postflow/pkg/testenv"
 )
 
 // checkWire asserts the invariants every Built.Body keeps: CRLF only, a
@@ -487,8 +489,8 @@ func FuzzBuildRaw(f *testing.F) {
 			}
 			return
 		}
-		if want, err := leavesOf(ensureFinalCRLF(norm), 0); err == nil {
-			got, err := leavesOf(b.Body, 0)
+		if want, err := testenv.MIMELeaves(ensureFinalCRLF(norm)); err == nil {
+			got, err := testenv.MIMELeaves(b.Body)
 			if err != nil || fmt.Sprintf("%q", got) != fmt.Sprintf("%q", want) {
 				t.Fatalf("Build(raw %q) body %q reads back as %q, %v; want %q", raw, b.Body, got, err, want)
 			}

@@ -14,6 +14,8 @@ import (
 	"testing"
 
 	"github.com/emersion/go-message"
+
+	"github.com/postflow/postflow/pkg/testenv"
 )
 
 // unfold undoes header folding (RFC 5322 §2.2.3).
@@ -79,56 +81,13 @@ func TestFoldHeader(t *testing.T) {
 // order. It is what a reader sees, whatever the transfer encoding.
 func leaves(t *testing.T, msg []byte) []string {
 	t.Helper()
-	out, err := leavesOf(msg, 0)
+	out, err := testenv.MIMELeaves(msg)
 	if err != nil {
 		t.Fatalf("read back %q: %v", msg, err)
 	}
 	return out
 }
 
-func leavesOf(msg []byte, depth int) ([]string, error) {
-	if depth > maxMIMEDepth+2 {
-		return nil, errors.New("MIME tree too deep")
-	}
-	e, err := message.Read(bytes.NewReader(msg))
-	if err != nil && !message.IsUnknownCharset(err) {
-		return nil, err
-	}
-	var out []string
-	var walk func(e *message.Entity, depth int) error
-	walk = func(e *message.Entity, depth int) error {
-		if depth > maxMIMEDepth+2 {
-			return errors.New("MIME tree too deep")
-		}
-		if mr := e.MultipartReader(); mr != nil {
-			for {
-				p, err := mr.NextPart()
-				if errors.Is(err, io.EOF) {
-					return nil
-				}
-				if err != nil && !message.IsUnknownCharset(err) {
-					return err
-				}
-				if err := walk(p, depth+1); err != nil {
-					return err
-				}
-			}
-		}
-		mt, _, _ := e.Header.ContentType()
-		b, err := io.ReadAll(e.Body)
-		if err != nil {
-			return fmt.Errorf("read %s part: %w", mt, err)
-		}
-		if mt == "message/rfc822" {
-			inner, err := leavesOf(b, depth+1)
-			out = append(out, inner...)
-			return err
-		}
-		out = append(out, mt+": "+string(b))
-		return nil
-	}
-	return out, walk(e, depth)
-}
 
 func TestBuildRawReencodesLongLines(t *testing.T) {
 	t.Parallel()
@@ -417,7 +376,7 @@ func TestReencodeProperty(t *testing.T) {
 		got := leaves(t, b.Body)
 		// go-message cannot read quoted-printable lines over 4 KiB (its
 		// reader's buffer); Build can, and its output must be readable.
-		if want, err := leavesOf(raw, 0); err == nil {
+		if want, err := testenv.MIMELeaves(raw); err == nil {
 			compared++
 			if fmt.Sprintf("%q", got) != fmt.Sprintf("%q", want) {
 				t.Fatalf("Build(%q) =\n%q\nreads back as\n%q\nwant\n%q", raw, b.Body, got, want)

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -18,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-message"
 	"github.com/emersion/go-message/textproto"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -522,12 +520,12 @@ func testB9StrictSink(t *testing.T, sevenBit bool) {
 		if hdrEnd := bytes.Index(submitted, []byte("\r\n\r\n")); (sevenBit || b9IsASCII(submitted[:max(hdrEnd, 0)])) && !b9IsASCII(m.data) {
 			t.Errorf("%s: re-encoded message with an ASCII header still holds 8-bit octets: %.300q", c.name, m.data)
 		}
-		got, err := b9Leaves(m.data, 0)
+		got, err := testenv.MIMELeaves(m.data)
 		if err != nil {
 			t.Errorf("%s: received message does not parse: %v", c.name, err)
 			continue
 		}
-		want, err := b9Leaves(submitted, 0)
+		want, err := testenv.MIMELeaves(submitted)
 		if err != nil {
 			t.Fatalf("%s: submitted message does not parse: %v", c.name, err)
 		}
@@ -569,52 +567,6 @@ func b9HasLongLine(b []byte) bool {
 		}
 	}
 	return false
-}
-
-// b9Leaves returns what a reader sees of a message: each leaf part as
-// "media/type: decoded content", embedded messages included, in order.
-func b9Leaves(msg []byte, depth int) ([]string, error) {
-	if depth > 10 {
-		return nil, errors.New("MIME tree too deep")
-	}
-	e, err := message.Read(bytes.NewReader(msg))
-	if err != nil && !message.IsUnknownCharset(err) {
-		return nil, err
-	}
-	var out []string
-	var walk func(e *message.Entity, depth int) error
-	walk = func(e *message.Entity, depth int) error {
-		if depth > 10 {
-			return errors.New("MIME tree too deep")
-		}
-		if mr := e.MultipartReader(); mr != nil {
-			for {
-				p, err := mr.NextPart()
-				if errors.Is(err, io.EOF) {
-					return nil
-				}
-				if err != nil && !message.IsUnknownCharset(err) {
-					return err
-				}
-				if err := walk(p, depth+1); err != nil {
-					return err
-				}
-			}
-		}
-		mt, _, _ := e.Header.ContentType()
-		b, err := io.ReadAll(e.Body)
-		if err != nil {
-			return fmt.Errorf("read %s part: %w", mt, err)
-		}
-		if mt == "message/rfc822" {
-			inner, err := b9Leaves(b, depth+1)
-			out = append(out, inner...)
-			return err
-		}
-		out = append(out, mt+": "+string(b))
-		return nil
-	}
-	return out, walk(e, depth)
 }
 
 // strictSink is a raw-TCP ESMTP receiver that is strict where go-smtp is
