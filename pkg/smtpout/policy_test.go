@@ -238,16 +238,11 @@ func TestNo8BITMIME(t *testing.T) {
 					_, _ = io.WriteString(conn, "250 ok\r\n")
 				case cmd == "DATA":
 					_, _ = io.WriteString(conn, "354 go ahead\r\n")
-					for {
-						line, err := r.ReadString('\n')
-						if err != nil {
-							return false
-						}
-						if line == ".\r\n" {
-							break
-						}
-						got.WriteString(line)
+					body, ok := readDataLines(r)
+					if !ok {
+						return false
 					}
+					got.WriteString(body)
 					_, _ = io.WriteString(conn, "250 2.0.0 queued\r\n")
 				default:
 					return basicReply(cmd, conn)

@@ -515,7 +515,7 @@ func TestReuseNotAfterSTARTTLSRefused(t *testing.T) {
 	srv := startMultiServer(t, func(n int, cmd string, conn net.Conn, r *bufio.Reader) bool {
 		switch {
 		case strings.HasPrefix(cmd, "EHLO"):
-			_, _ = io.WriteString(conn, "250-multi.test\r\n250 STARTTLS\r\n")
+			_, _ = io.WriteString(conn, "250-multi.test\r\n250-8BITMIME\r\n250 STARTTLS\r\n")
 		case cmd == "STARTTLS":
 			_, _ = io.WriteString(conn, "454 4.7.0 TLS not available\r\n")
 		default:

@@ -433,6 +433,22 @@ func startScriptedServer(t *testing.T, reply func(cmd string, conn net.Conn, r *
 }
 
 // basicReply answers like a minimal server without extensions.
+// readDataLines reads a DATA body up to the lone "." line and returns it
+// as sent (still dot-stuffed), or false if the connection ended first.
+func readDataLines(r *bufio.Reader) (string, bool) {
+	var b strings.Builder
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return "", false
+		}
+		if line == ".\r\n" {
+			return b.String(), true
+		}
+		b.WriteString(line)
+	}
+}
+
 func basicReply(cmd string, conn net.Conn) bool {
 	switch {
 	case strings.HasPrefix(cmd, "EHLO"):
@@ -675,16 +691,11 @@ func TestDeliverSTARTTLSRefusedContinuesInPlaintext(t *testing.T) {
 			_, _ = io.WriteString(conn, "454 4.7.0 TLS not available\r\n")
 		case cmd == "DATA":
 			_, _ = io.WriteString(conn, "354 go ahead\r\n")
-			for {
-				line, err := r.ReadString('\n')
-				if err != nil {
-					return false
-				}
-				if line == ".\r\n" {
-					break
-				}
-				got.WriteString(line)
+			body, ok := readDataLines(r)
+			if !ok {
+				return false
 			}
+			got.WriteString(body)
 			_, _ = io.WriteString(conn, "250 2.0.0 queued\r\n")
 		default:
 			return basicReply(cmd, conn)
