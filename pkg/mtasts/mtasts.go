@@ -82,6 +82,10 @@ var (
 	// ErrNonPublic: every address of the policy host was refused by the
 	// egress guard, so nothing was dialed. Get's error wraps ErrFetch too.
 	ErrNonPublic = errors.New("mtasts: policy host resolves only to non-public addresses")
+	// ErrBackoff: a fetch of this policy id failed recently and is not
+	// tried again until FailureBackoff has passed; the error also wraps
+	// that failure. Callers may log it more quietly than a fresh failure.
+	ErrBackoff = errors.New("mtasts: backing off after a failed fetch")
 )
 
 // Resolver is the DNS that a Cache needs; *mx.Resolver satisfies it.
@@ -388,8 +392,8 @@ func (c *Cache) fetchShared(ctx context.Context, d, id string) (*Policy, error) 
 	c.mu.Lock()
 	if f, ok := c.failures[d]; ok && f.id == id && c.cfg.Now().Before(f.until) {
 		c.mu.Unlock()
-		return nil, fmt.Errorf("mtasts: %s: not fetching policy id %s again before %s: %w",
-			d, id, f.until.Format(time.RFC3339), f.err)
+		return nil, fmt.Errorf("mtasts: %s: not fetching policy id %s again before %s: %w: %w",
+			d, id, f.until.Format(time.RFC3339), ErrBackoff, f.err)
 	}
 	// A flight for key may have stored its policy and left since Get
 	// looked at the cache; fetching again would repeat it.

@@ -643,11 +643,12 @@ func TestGetFailureBackoff(t *testing.T) {
 		id       string
 		fix      bool // serve the policy from this step on
 		wantOK   bool
+		backoff  bool // the error says the cache is backing off
 		wantHits int
 	}{
 		{name: "fetch fails", id: "1", wantHits: 1},
-		{name: "no refetch right after", id: "1", wantHits: 1},
-		{name: "no refetch just before the back-off ends", advance: FailureBackoff - time.Second, id: "1", fix: true, wantHits: 1},
+		{name: "no refetch right after", id: "1", backoff: true, wantHits: 1},
+		{name: "no refetch just before the back-off ends", advance: FailureBackoff - time.Second, id: "1", fix: true, backoff: true, wantHits: 1},
 		{name: "refetch once it has ended", advance: time.Second, id: "1", wantOK: true, wantHits: 2},
 		{name: "cached", id: "1", wantOK: true, wantHits: 2},
 	}
@@ -662,6 +663,9 @@ func TestGetFailureBackoff(t *testing.T) {
 		}
 		if !st.wantOK && (p != nil || !errors.Is(err, ErrFetch)) {
 			t.Errorf("%s: Get(%q) = %+v, %v; want nil and an ErrFetch error", st.name, domain, p, err)
+		}
+		if errors.Is(err, ErrBackoff) != st.backoff {
+			t.Errorf("%s: Get(%q) error %v; want ErrBackoff %v", st.name, domain, err, st.backoff)
 		}
 		e.checkHits(t, st.name, st.wantHits)
 	}

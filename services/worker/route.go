@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -54,7 +55,13 @@ func (w *Worker) targets(ctx context.Context, domain string) ([]smtpout.Target, 
 func (w *Worker) applySTS(ctx context.Context, domain string, found []mx.Target) (kept []mx.Target, enforced bool, err error) {
 	p, stsErr := w.sts.Get(ctx, domain)
 	if stsErr != nil {
-		w.log.WarnContext(ctx, "worker: MTA-STS policy unavailable; delivering without it",
+		// A failure is logged once; the cache then backs off, and every
+		// delivery meanwhile would repeat the same line.
+		level := slog.LevelWarn
+		if errors.Is(stsErr, mtasts.ErrBackoff) {
+			level = slog.LevelDebug
+		}
+		w.log.Log(ctx, level, "worker: MTA-STS policy unavailable; delivering without it",
 			slog.String("domain", domain), slog.Any("error", stsErr))
 	}
 	if p == nil || p.Mode != mtasts.ModeEnforce {
