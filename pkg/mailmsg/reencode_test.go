@@ -88,7 +88,6 @@ func leaves(t *testing.T, msg []byte) []string {
 	return out
 }
 
-
 func TestBuildRawReencodesLongLines(t *testing.T) {
 	t.Parallel()
 	const hdr = "From: s@example.com\r\nSubject: long\r\nMessage-ID: <k@c.example>\r\nDate: x\r\n"
