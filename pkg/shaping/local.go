@@ -13,16 +13,6 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// Limits apply to each destination separately.
-type Limits struct {
-	// Connections caps concurrent SMTP sessions to one destination.
-	Connections int
-	// Rate caps messages started per second; 0 means no rate limit.
-	Rate float64
-	// Burst is how many messages may start at once under Rate.
-	Burst int
-}
-
 // DefaultLimits are conservative enough for any receiver: Postfix's default
 // destination concurrency is 20 (default_destination_concurrency_limit);
 // large providers ask for fewer.
@@ -80,8 +70,8 @@ func (l *Local) dest(name string) *dest {
 		if l.lim.Connections > 0 {
 			d.slots = make(chan struct{}, l.lim.Connections)
 		}
-		if l.lim.Rate > 0 {
-			d.rate = rate.NewLimiter(rate.Limit(l.lim.Rate), max(l.lim.Burst, 1))
+		if !l.lim.Rate.Unlimited() {
+			d.rate = rate.NewLimiter(rate.Limit(l.lim.Rate.PerSecond()), max(l.lim.Burst, 1))
 		}
 		l.dests[name] = d
 	}
