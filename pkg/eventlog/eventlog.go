@@ -181,53 +181,69 @@ func (r *Reader) Message(ctx context.Context, tenant, messageID string) ([]*post
 // LastState returns the latest state recorded for one recipient, or
 // RECIPIENT_STATE_UNSPECIFIED if it has no events.
 func (r *Reader) LastState(ctx context.Context, tenant, messageID string, index int) (postflowv1.RecipientState, error) {
+	ev, err := r.last(ctx, tenant, messageID, index)
+	return ev.GetState(), err
+}
+
+// last returns one recipient's latest event, nil if it has none.
+func (r *Reader) last(ctx context.Context, tenant, messageID string, index int) (*postflowv1.Event, error) {
 	st, err := r.stream(ctx)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	raw, err := st.GetLastMsgForSubject(ctx, queue.EventSubject(tenant, messageID, index))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return postflowv1.RecipientState_RECIPIENT_STATE_UNSPECIFIED, nil
+		return nil, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("eventlog: last state of %s-%d: %w", messageID, index, err)
+		return nil, fmt.Errorf("eventlog: last state of %s-%d: %w", messageID, index, err)
 	}
 	ev := &postflowv1.Event{}
 	if err := proto.Unmarshal(raw.Data, ev); err != nil {
-		return 0, fmt.Errorf("eventlog: decode: %w", err)
+		return nil, fmt.Errorf("eventlog: decode: %w", err)
 	}
-	return ev.GetState(), nil
+	return ev, nil
 }
 
-// IsFinal reports whether one recipient has reached a final state. The api
-// role publishes a message's "queued" events and its jobs together, so in
-// rare interleavings a "queued" event is stored after the worker's outcome;
-// when the latest event is "queued", every event of the recipient is read.
+// IsFinal reports whether one recipient has reached a final state.
 func (r *Reader) IsFinal(ctx context.Context, tenant, messageID string, index int) (bool, error) {
-	last, err := r.LastState(ctx, tenant, messageID, index)
-	if err != nil || last != postflowv1.RecipientState_RECIPIENT_STATE_QUEUED {
-		return Final(last), err
+	final, _, err := r.Progress(ctx, tenant, messageID, index)
+	return final, err
+}
+
+// Progress reports whether one recipient has reached a final state, and the
+// number of its latest recorded attempt (0 before the first). Workers number
+// attempts from it rather than from JetStream's delivery count, which also
+// counts jobs handed back unattempted (a throttled destination, say).
+//
+// The api role publishes a message's "queued" events and its jobs together,
+// so in rare interleavings a "queued" event is stored after the worker's
+// outcome; when the latest event is "queued", every event of the recipient
+// is read.
+func (r *Reader) Progress(ctx context.Context, tenant, messageID string, index int) (final bool, attempt int32, err error) {
+	last, err := r.last(ctx, tenant, messageID, index)
+	if err != nil || last.GetState() != postflowv1.RecipientState_RECIPIENT_STATE_QUEUED {
+		return Final(last.GetState()), last.GetAttempt(), err
 	}
 	st, err := r.stream(ctx)
 	if err != nil {
-		return false, err
+		return false, 0, err
 	}
 	subject := queue.EventSubject(tenant, messageID, index)
 	for seq := uint64(1); ; {
 		raw, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return false, nil
+			return final, attempt, nil
 		}
 		if err != nil {
-			return false, fmt.Errorf("eventlog: read %s: %w", subject, err)
+			return false, 0, fmt.Errorf("eventlog: read %s: %w", subject, err)
 		}
 		ev := &postflowv1.Event{}
 		if err := proto.Unmarshal(raw.Data, ev); err != nil {
-			return false, fmt.Errorf("eventlog: decode: %w", err)
+			return false, 0, fmt.Errorf("eventlog: decode: %w", err)
 		}
-		if Final(ev.GetState()) {
-			return true, nil
-		}
+		attempt = max(attempt, ev.GetAttempt())
+		final = final || Final(ev.GetState())
 		seq = raw.Sequence + 1
 	}
 }
