@@ -2,8 +2,14 @@ package shaping
 
 import (
 	"context"
+	"errors"
 	"time"
 )
+
+// ErrLeaseLost is returned by Lease.Renew when the lease is no longer held:
+// it expired (and its slot may have gone to someone else), or Redis lost it
+// in a restart. The caller should stop counting on the slot.
+var ErrLeaseLost = errors.New("shaping: lease lost")
 
 // Rate is a message rate: N messages per Per. The zero Rate is unlimited.
 type Rate struct {
@@ -60,7 +66,7 @@ type Destination struct {
 }
 
 // Limiter decides, for every worker, whether a message may go to a
-// destination now. Implementations: Local (one process, the embedded
+// destination now. Implementations: Memory (one process, the embedded
 // default) and Redis (shared). All methods are safe for concurrent use.
 type Limiter interface {
 	// Reserve takes one message slot at dest for job, a key stable across

@@ -15,6 +15,7 @@ import (
 	"github.com/postflow/postflow/pkg/queue"
 	"github.com/postflow/postflow/pkg/retry"
 	"github.com/postflow/postflow/pkg/routes"
+	"github.com/postflow/postflow/pkg/shaping"
 	"github.com/postflow/postflow/pkg/smtpout"
 )
 
@@ -36,6 +37,7 @@ type serveConfig struct {
 	Hostname        string
 	DKIMKeys        string
 	RoutesFile      string
+	ShapingFile     string
 	TLSRoots        string
 	SMTPTimeouts    smtpTimeouts
 	Concurrency     int
@@ -52,6 +54,7 @@ type serveConfig struct {
 	Queue queue.Config
 	// Not flags: read by finish from RoutesFile and TLSRoots.
 	routes   *routes.Table
+	shaping  *shaping.Config
 	tlsRoots *x509.CertPool
 	// mtastsPort is the HTTPS port of MTA-STS policy hosts; zero is 443.
 	// Only tests change it.
@@ -127,6 +130,7 @@ func serveFlags(fs *flag.FlagSet, cfg *serveConfig) {
 	fs.DurationVar(&cfg.SMTPTimeouts.Data, "smtp-data-timeout", cfg.SMTPTimeouts.Data, "wait for the reply after the final dot (RFC 5321 minimum 10m)")
 	fs.StringVar(&cfg.DKIMKeys, "dkim-keys", cfg.DKIMKeys, "directory of DKIM private keys named <selector>._domainkey.<domain>.pem; mail from those domains is signed")
 	fs.StringVar(&cfg.RoutesFile, "routes", cfg.RoutesFile, "YAML file of delivery routes: per-domain TLS policy (opportunistic, require), MTA-STS, smarthost relays; see docs/delivery.md")
+	fs.StringVar(&cfg.ShapingFile, "shaping", cfg.ShapingFile, "YAML file of per-destination limits (rate, connections, ...) over the shipped provider defaults; see docs/shaping.md")
 	fs.StringVar(&cfg.TLSRoots, "tls-roots", cfg.TLSRoots, "PEM file of CA certificates that replace the system roots when verifying receivers, relays and MTA-STS hosts")
 	fs.StringVar(&cfg.Hostname, "hostname", cfg.Hostname, "name used in EHLO and generated Message-IDs")
 	fs.IntVar(&cfg.Concurrency, "concurrency", cfg.Concurrency, "delivery jobs a worker processes at once")
@@ -224,6 +228,15 @@ func (c *serveConfig) finish() error {
 		}
 		c.routes = t
 	}
+	c.shaping = shaping.Builtin()
+	if c.ShapingFile != "" {
+		sc, err := shaping.Load(c.ShapingFile)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--shaping: %w", err))
+		} else {
+			c.shaping = sc
+		}
+	}
 	if c.TLSRoots != "" {
 		pem, err := os.ReadFile(c.TLSRoots)
 		c.tlsRoots = x509.NewCertPool()
@@ -259,7 +272,7 @@ func (c *serveConfig) logAttrs() []any {
 		slog.String("dns_server", c.DNSServer), slog.Int("smtp_port", c.SMTPPort),
 		slog.Bool("allow_private_mx", c.AllowPrivateMX), slog.Bool("simulator", c.Simulator),
 		slog.Duration("max_age", c.MaxAge), slog.String("hostname", c.Hostname), slog.String("dkim_keys", c.DKIMKeys),
-		slog.String("routes", c.RoutesFile), slog.String("tls_roots", c.TLSRoots),
+		slog.String("routes", c.RoutesFile), slog.String("shaping", c.ShapingFile), slog.String("tls_roots", c.TLSRoots),
 		slog.Int("concurrency", c.Concurrency), slog.Int("max_message_size", c.MaxMessageBytes),
 		slog.Duration("retry_min", c.RetryMin), slog.Duration("retry_max", c.RetryMax),
 		slog.Bool("sync_always", c.SyncAlways), slog.Int("stream_replicas", c.Queue.Replicas),

@@ -133,6 +133,13 @@ func startStack(t testing.TB, script testenv.SinkScript, opts ...stackOpt) *stac
 	cfg.RetryMax = 200 * time.Millisecond
 	cfg.ShutdownTimeout = 20 * time.Second
 	cfg.Hostname = "postflow.test"
+	// No rate limit unless a test sets one: the shipped 100/s per
+	// destination would only slow tests that are about something else.
+	// Connection limits stay as shipped.
+	cfg.ShapingFile = filepath.Join(t.TempDir(), "shaping.yaml")
+	if err := os.WriteFile(cfg.ShapingFile, []byte("defaults: {rate: unlimited}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, o := range opts {
 		o(&cfg)
 	}

@@ -226,11 +226,17 @@ func (a *app) run(ctx context.Context) error {
 			}
 			a.log.Info("dkim: signing", slog.Any("domains", signer.Domains()), slog.Int("keys", len(keys)))
 		}
-		lim := shaping.NewLocal(shaping.DefaultLimits())
+		lim, closeLimiter, err := a.limiter()
+		if err != nil {
+			return err
+		}
 		// Keep as many idle sessions per host as jobs may run at once, so a
 		// busy destination is not re-dialed after every burst.
 		sender := smtpout.New(smtpout.Config{
-			HelloName:      a.cfg.Hostname,
+			HelloName: a.cfg.Hostname,
+			// Every new connection holds one of its destination's
+			// connection slots while it is open, pooled or busy.
+			Dialer:         shaping.LeasedDialer(lim, (&net.Dialer{}).DialContext, connectionLease),
 			MaxIdlePerHost: a.cfg.Concurrency,
 			ConnectTimeout: a.cfg.SMTPTimeouts.Connect,
 			CommandTimeout: a.cfg.SMTPTimeouts.Command,
@@ -259,6 +265,7 @@ func (a *app) run(ctx context.Context) error {
 			Routes:  table,
 			MTASTS:  sts,
 			Sender:  sender,
+			Shaping: a.cfg.shaping,
 			Limiter: lim,
 			Logger:  a.log,
 		}
@@ -266,7 +273,9 @@ func (a *app) run(ctx context.Context) error {
 			deps.Signer = signer
 		}
 		g.Go(func() error {
-			// Idle SMTP sessions are closed once the worker has drained.
+			// Idle SMTP sessions are closed once the worker has drained,
+			// releasing their connection slots, before the limiter goes.
+			defer closeLimiter()
 			defer func() { _ = sender.Close() }()
 			return worker.Run(gctx, worker.Config{
 				Concurrency:     a.cfg.Concurrency,
@@ -282,6 +291,16 @@ func (a *app) run(ctx context.Context) error {
 		a.log.Info("bounce role: bounce processing is not part of this version; nothing to run")
 	}
 	return g.Wait()
+}
+
+// connectionLease is how long a connection slot is held without renewal: a
+// worker that dies gives its slots back within this time.
+const connectionLease = 30 * time.Second
+
+// limiter returns the shaping limiter: in process without --redis-url.
+func (a *app) limiter() (shaping.Limiter, func(), error) {
+	mem := shaping.NewMemory(shaping.MemoryConfig{Adaptive: a.cfg.shaping.Adaptive(), Logger: a.log})
+	return mem, func() {}, nil
 }
 
 func (a *app) mxConfig() mx.Config {

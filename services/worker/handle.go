@@ -21,6 +21,7 @@ import (
 	"github.com/postflow/postflow/pkg/mailmsg"
 	"github.com/postflow/postflow/pkg/queue"
 	"github.com/postflow/postflow/pkg/retry"
+	"github.com/postflow/postflow/pkg/shaping"
 	"github.com/postflow/postflow/pkg/smtpout"
 	"github.com/postflow/postflow/pkg/telemetry"
 	queuev1 "github.com/postflow/postflow/proto/postflow/queue/v1"
@@ -51,17 +52,19 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.TermWithReason("undecodable job")
 		return
 	}
-	attempt := int32(1)
+	// deliveries counts every time JetStream handed this job out,
+	// throttled hand-backs included; attempt numbers come from EVENTS.
+	deliveries := int32(1)
 	if meta, err := msg.Metadata(); err == nil {
-		attempt = int32(min(meta.NumDelivered, 1<<30))
+		deliveries = int32(min(meta.NumDelivered, 1<<30))
 	}
+	attempt := int32(1)
 	ctx = queue.ExtractTrace(ctx, msg.Headers())
 	ctx, span := w.tracer.Start(ctx, "postflow.delivery.attempt")
 	defer span.End()
 	span.SetAttributes(
 		telemetry.KeyMessageID.String(job.GetMessageId()),
 		telemetry.KeyDomain.String(job.GetDomain()),
-		telemetry.KeyAttempt.Int(int(attempt)),
 	)
 
 	defer func() {
@@ -69,19 +72,21 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 			span.SetStatus(codes.Error, "panic")
 			w.log.ErrorContext(ctx, "worker: panic while delivering",
 				slog.String("message_id", job.GetMessageId()), slog.Any("panic", v), slog.String("stack", string(debug.Stack())))
-			w.poisoned(ctx, msg, job, attempt, fmt.Sprint(v))
+			w.poisoned(ctx, msg, job, deliveries, fmt.Sprint(v))
 		}
 	}()
 
 	rcpts := job.GetRecipients()
-	if attempt > 1 {
-		var err error
-		if rcpts, err = w.pending(ctx, job); err != nil {
+	if deliveries > 1 {
+		prev, pending, err := w.pending(ctx, job)
+		if err != nil {
 			w.log.WarnContext(ctx, "worker: reading recipient state", slog.Any("error", err))
 			_ = msg.NakWithDelay(w.cfg.Retry.Min / 10)
 			return
 		}
+		rcpts, attempt = pending, prev+1
 	}
+	span.SetAttributes(telemetry.KeyAttempt.Int(int(attempt)))
 	if len(rcpts) == 0 {
 		// Every recipient already final: an earlier attempt finished but its
 		// ack was lost. A plain Ack, for the reason given below.
@@ -91,8 +96,15 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 
 	start := w.now()
 	actx, cancel := context.WithTimeout(ctx, w.cfg.AttemptTimeout)
-	outs := w.attempt(actx, job, rcpts)
+	outs, later := w.attempt(actx, job, rcpts)
 	cancel()
+	if outs == nil {
+		// The destination's limits hold the job back: no attempt was
+		// made, so nothing is recorded; it comes back at its slot.
+		span.SetAttributes(telemetry.KeyResult.String("throttled"))
+		_ = msg.NakWithDelay(max(later.Sub(w.now()), 0))
+		return
+	}
 
 	evs, delay, pending, result := w.record(ctx, job, attempt, outs)
 	if ctx.Err() != nil {
@@ -127,37 +139,51 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 }
 
-// pending returns the job's recipients that have no final state yet.
-func (w *Worker) pending(ctx context.Context, job *queuev1.DeliveryJob) ([]*queuev1.JobRecipient, error) {
-	var out []*queuev1.JobRecipient
+// pending returns the job's recipients that have no final state yet, and
+// the number of the latest attempt recorded for any of them.
+func (w *Worker) pending(ctx context.Context, job *queuev1.DeliveryJob) (last int32, out []*queuev1.JobRecipient, err error) {
 	for _, r := range job.GetRecipients() {
-		final, err := w.reader.IsFinal(ctx, job.GetTenant(), job.GetMessageId(), int(r.GetIndex()))
+		final, attempt, err := w.reader.Progress(ctx, job.GetTenant(), job.GetMessageId(), int(r.GetIndex()))
 		if err != nil {
-			return nil, err
+			return 0, nil, err
 		}
+		last = max(last, attempt)
 		if !final {
 			out = append(out, r)
 		}
 	}
-	return out, nil
+	return last, out, nil
 }
 
 // attempt routes the job's domain and runs one SMTP transaction for rcpts.
-func (w *Worker) attempt(ctx context.Context, job *queuev1.DeliveryJob, rcpts []*queuev1.JobRecipient) []outcome {
+// When the destination's limits do not let the job go now it returns nil
+// outcomes and the time to try again: the job's reserved slot, or a short
+// wait for a connection slot.
+func (w *Worker) attempt(ctx context.Context, job *queuev1.DeliveryJob, rcpts []*queuev1.JobRecipient) (_ []outcome, later time.Time) {
 	outs := make([]outcome, len(rcpts))
 	for i, r := range rcpts {
 		outs[i].rcpt = r
 	}
-	fail := func(err error) []outcome {
+	fail := func(err error) ([]outcome, time.Time) {
 		_, de := deliveryerr.Classify(err)
 		for i := range outs {
 			outs[i].reply = de
 		}
-		return outs
+		return outs, time.Time{}
 	}
 	targets, err := w.targets(ctx, job.GetDomain())
 	if err != nil {
 		return fail(err)
+	}
+	// The destination's rate decides first: a job held back costs only
+	// this lookup, not the signing and envelope work below.
+	dest := w.destination(job.GetDomain(), targets)
+	ok, at, err := w.limit.Reserve(ctx, dest, job.GetMessageId()+"."+job.GetDomain())
+	if err != nil {
+		return fail(deliveryerr.Temporary(451, "4.3.0", "rate limiter unavailable", err))
+	}
+	if !ok {
+		return nil, at
 	}
 	env := smtpout.Envelope{From: job.GetEnvelopeFrom(), SMTPUTF8: job.GetSmtputf8()}
 	for _, r := range rcpts {
@@ -182,12 +208,14 @@ func (w *Worker) attempt(ctx context.Context, job *queuev1.DeliveryJob, rcpts []
 			return fail(deliveryerr.Temporary(451, "4.3.0", "DKIM signing failed", err))
 		}
 	}
-	release, err := w.limit.Acquire(ctx, job.GetDomain())
-	if err != nil {
-		return fail(err)
+	dctx := shaping.WithDestination(ctx, dest)
+	res := w.sender.Deliver(dctx, targets, env, body)
+	for busy(res) && w.gate.wait(ctx, dest.Name, dest.Limits.Connections, w.cfg.BusyDelay) {
+		res = w.sender.Deliver(dctx, targets, env, body)
 	}
-	res := w.sender.Deliver(ctx, targets, env, body)
-	release()
+	if !busy(res) {
+		w.gate.ended(dest.Name)
+	}
 	if len(res.Recipients) != len(rcpts) {
 		return fail(fmt.Errorf("worker: sender returned %d results for %d recipients", len(res.Recipients), len(rcpts)))
 	}
@@ -202,7 +230,11 @@ func (w *Worker) attempt(ctx context.Context, job *queuev1.DeliveryJob, rcpts []
 		}
 		_, outs[i].reply = deliveryerr.Classify(rr.Err)
 	}
-	return outs
+	if busy(res) {
+		return nil, w.now().Add(jitter(w.cfg.BusyDelay))
+	}
+	w.feedback(ctx, dest, outs)
+	return outs, time.Time{}
 }
 
 // record turns outcomes into events and decides the job's fate: pending

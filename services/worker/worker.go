@@ -24,6 +24,7 @@ import (
 	"github.com/postflow/postflow/pkg/queue"
 	"github.com/postflow/postflow/pkg/retry"
 	"github.com/postflow/postflow/pkg/routes"
+	"github.com/postflow/postflow/pkg/shaping"
 	"github.com/postflow/postflow/pkg/smtpout"
 )
 
@@ -46,6 +47,11 @@ type Config struct {
 	// PoisonAttempts is how many times a job that panics the worker is
 	// retried before its recipients are marked failed.
 	PoisonAttempts int
+	// BusyDelay is how long a job waits in the worker for a session to its
+	// destination when every connection slot is held, and then, if none
+	// freed, how long it goes back to the queue (default 250ms, jittered
+	// ±20%): about one SMTP transaction, after which a slot is likely free.
+	BusyDelay time.Duration
 }
 
 // router resolves a recipient domain to its MX targets, and a smarthost's
@@ -72,11 +78,9 @@ type signer interface {
 	Sign(msg []byte) ([]byte, error)
 }
 
-// limiter bounds sessions and message rate per destination.
-type limiter interface {
-	// Acquire blocks until destination may take one more session; release
-	// must be called once when the session ends.
-	Acquire(ctx context.Context, destination string) (release func(), err error)
+// destinations groups recipient domains into shaping destinations.
+type destinations interface {
+	Match(domain string, mxHosts []string) shaping.Destination
 }
 
 // Deps are the worker's collaborators.
@@ -88,9 +92,14 @@ type Deps struct {
 	Routes *routes.Table
 	// MTASTS, if set, is consulted for domains whose route honours
 	// MTA-STS.
-	MTASTS  stsPolicies
-	Sender  sender
-	Limiter limiter
+	MTASTS stsPolicies
+	Sender sender
+	// Shaping maps a domain and its MX hosts to the destination whose
+	// limits apply; Limiter enforces them, for every worker when it is
+	// shared. Connection limits are enforced where connections are made:
+	// the sender dials through shaping.LeasedDialer over the same Limiter.
+	Shaping destinations
+	Limiter shaping.Limiter
 	// Signer, if set, DKIM-signs each message just before it is sent, so
 	// private keys never leave the worker.
 	Signer signer
@@ -106,7 +115,9 @@ type Worker struct {
 	routes *routes.Table
 	sts    stsPolicies
 	sender sender
-	limit  limiter
+	shape  destinations
+	limit  shaping.Limiter
+	gate   connGate
 	sign   signer
 	events *eventlog.Writer
 	reader *eventlog.Reader
@@ -121,12 +132,16 @@ func New(cfg Config, deps Deps) *Worker {
 	if now == nil {
 		now = time.Now
 	}
+	if cfg.BusyDelay <= 0 {
+		cfg.BusyDelay = 250 * time.Millisecond
+	}
 	return &Worker{
 		cfg:    cfg,
 		router: deps.Router,
 		routes: deps.Routes,
 		sts:    deps.MTASTS,
 		sender: deps.Sender,
+		shape:  deps.Shaping,
 		limit:  deps.Limiter,
 		sign:   deps.Signer,
 		events: eventlog.NewWriter(queue.NewPublisher(deps.JS)),

@@ -1,0 +1,89 @@
+-- reserve.lua: one GCRA decision for one destination, with per-job
+-- reservations. Every key belongs to the same destination ({dest} hash tag).
+--
+-- KEYS[1] TAT (string, µs since the epoch by Redis TIME)
+-- KEYS[2] adaptive state (hash: f = factor set at the last cut, at = its time in µs)
+-- KEYS[3] meta (hash: the configured limits, for Status)
+-- KEYS[4] this job's reservation (string, slot time in µs)
+--
+-- ARGV[1] emission interval at factor 1, ns (Rate.Interval)
+-- ARGV[2] burst, >= 1
+-- ARGV[3] "1" if KEYS[4] names a job; "0" takes no reservation
+-- ARGV[4] grace, µs: a reservation lives until slot + grace
+-- ARGV[5..8] Adaptive Floor, Hold (µs), Step, StepEvery (µs)
+-- ARGV[9] how early a reservation may be claimed, µs (capped at one interval)
+-- ARGV[10] "1" to (re)write meta from ARGV[11..16]
+-- ARGV[11..16] name, rate N, rate Per (ns), burst, connections, meta ttl (ms)
+--
+-- Returns {granted 0|1, slot µs, now µs}. When granted, slot is now.
+-- Redis TIME is the clock of every decision, so workers with skewed clocks
+-- agree (Redis 5+ replicates script effects, which allows TIME before writes).
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+
+if ARGV[10] == '1' then
+  redis.call('HSET', KEYS[3], 'name', ARGV[11], 'n', ARGV[12], 'per', ARGV[13],
+    'burst', ARGV[14], 'conns', ARGV[15])
+  redis.call('PEXPIRE', KEYS[3], ARGV[16])
+end
+
+-- The factor: the same formula as Adaptive.Factor in shaping.go.
+local factor = 1
+local a = redis.call('HMGET', KEYS[2], 'f', 'at')
+if a[1] and a[2] then
+  local f, at = tonumber(a[1]), tonumber(a[2])
+  if f < 1 then
+    local floor, hold, step, every = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+    factor = math.max(f, floor)
+    local since = now - at - hold
+    if since > 0 and every > 0 then
+      factor = math.min(1, factor + math.floor(since / every) * step)
+    end
+  end
+end
+
+local interval = tonumber(ARGV[1]) / 1000 / factor
+
+local hasjob = ARGV[3] == '1'
+if hasjob then
+  local r = redis.call('GET', KEYS[4])
+  if r then
+    r = tonumber(r)
+    -- A job presenting its reservation goes without taking another slot:
+    -- its slot was taken when it was reserved. It may come up to
+    -- min(ARGV[9], one interval) early, so that a redelivery timer
+    -- firing a hair early costs no extra trip through the queue.
+    if now >= r - math.min(tonumber(ARGV[9]), interval) then
+      redis.call('DEL', KEYS[4])
+      return {1, now, now}
+    end
+    return {0, r, now}
+  end
+end
+
+local tau = (tonumber(ARGV[2]) - 1) * interval
+local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
+if tat < now then
+  tat = now
+end
+
+-- GCRA: a message conforms when tat - tau <= now; otherwise tat - tau is
+-- the earliest time at which it would.
+local slot = math.ceil(tat - tau)
+local granted = 0
+if slot <= now then
+  granted = 1
+  slot = now
+elseif not hasjob then
+  -- Nobody could redeem a reservation without a job key: take nothing.
+  return {0, slot, now}
+end
+
+-- Rounding up keeps the stored TAT on the safe side.
+local newtat = math.ceil(tat + interval)
+redis.call('SET', KEYS[1], string.format('%.0f', newtat), 'PX', math.ceil((newtat - now) / 1000) + 1)
+if granted == 0 then
+  redis.call('SET', KEYS[4], string.format('%.0f', slot), 'PX', math.ceil((slot - now + tonumber(ARGV[4])) / 1000))
+end
+return {granted, slot, now}
