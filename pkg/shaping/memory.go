@@ -326,6 +326,12 @@ func (m *Memory) Throttled(_ context.Context, dest Destination, reason string) e
 	}
 	to := max(from*m.adaptive.Cut, m.adaptive.Floor)
 	d.cutFactor, d.cutAt = to, now
+	// Slots handed out before the cut were spaced for the old rate: void
+	// them and start the schedule again from now, so that the cut takes
+	// effect at once rather than after the reserved backlog (jobs that
+	// come back find no reservation and take a slot at the new spacing).
+	clear(d.reserved)
+	d.tat = now
 	d.mu.Unlock()
 	if m.log != nil {
 		m.log.Info("shaping: rate cut", slog.String("destination", dest.Name),

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -634,4 +635,31 @@ func BenchmarkMemoryReserve(b *testing.B) {
 		})
 		report(b)
 	})
+}
+
+// TestMemoryCutVoidsReservations: slots reserved before a cut were spaced
+// for the old rate; after the cut a returning job takes a slot at the new
+// spacing, so the cut takes effect at once instead of after the backlog.
+func TestMemoryCutVoidsReservations(t *testing.T) {
+	clk := newMemClock()
+	m := NewMemory(MemoryConfig{Now: clk.Now, Adaptive: Adaptive{Cut: 0.5, Floor: 0.1, Debounce: time.Second, Hold: time.Hour, Step: 0.1, StepEvery: time.Hour}})
+	d := memDestination("cut.test", Rate{N: 10, Per: time.Second}, 1, 0)
+	reserve(t, m, d, "first")
+	var slots []time.Time
+	for i := range 5 {
+		_, at := reserve(t, m, d, strconv.Itoa(i))
+		slots = append(slots, at)
+	}
+	if err := m.Throttled(context.Background(), d, "421"); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(slots[0].Sub(clk.Now())) // job 0 comes back at its old slot
+	ok, at := reserve(t, m, d, "0")
+	if !ok {
+		t.Fatalf("job 0 at its voided slot: held until %v, want a fresh grant (the schedule restarted)", at)
+	}
+	_, at = reserve(t, m, d, "1")
+	if got := at.Sub(clk.Now()); got != 200*time.Millisecond {
+		t.Fatalf("job 1 after the cut: slot in %v, want 200ms (the halved rate)", got)
+	}
 }

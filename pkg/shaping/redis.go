@@ -25,7 +25,7 @@ import (
 // touches one destination's keys only, so Redis Cluster works unchanged.
 //
 //	P:{d}:tat       string: GCRA theoretical arrival time, µs by Redis TIME; expires when idle
-//	P:{d}:r:<job>   string: the slot reserved for job, µs; expires at slot + ReservationGrace
+//	P:{d}:r:<job>   string "slot,made": the slot reserved for job and when, µs; expires at slot + ReservationGrace; void after a cut
 //	P:{d}:adapt     hash: f (factor set at the last cut), at (its time, µs), reason; expires once recovered
 //	P:{d}:conn      sorted set: lease id → expiry (ms); expires with its longest lease
 //	P:{d}:meta      hash: name, n, per (ns), burst, conns: the configured limits, for Status; expires after metaTTL
@@ -412,7 +412,7 @@ func (r *Redis) Throttled(ctx context.Context, dest Destination, reason string) 
 		reason = strings.ToValidUTF8(reason[:maxReason], "")
 	}
 	a := r.adaptive
-	res, err := r.run(ctx, throttleScript, []string{r.base(dest.Name) + ":adapt"},
+	res, err := r.run(ctx, throttleScript, []string{r.base(dest.Name) + ":adapt", r.base(dest.Name) + ":tat"},
 		a.Cut, a.Floor, a.Debounce.Microseconds(), a.Hold.Microseconds(), a.Step, a.StepEvery.Microseconds(), reason)
 	if errors.Is(err, ErrUnavailable) {
 		r.fbCalls.Add(1)

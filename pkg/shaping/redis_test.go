@@ -1082,3 +1082,43 @@ func TestNewRedisAuthError(t *testing.T) {
 		t.Errorf("NewRedis without the password = %v, want an auth error", err)
 	}
 }
+
+// TestRedisCutVoidsReservations is TestMemoryCutVoidsReservations on Redis.
+func TestRedisCutVoidsReservations(t *testing.T) {
+	t.Parallel()
+	srv := testenv.StartRedis(t)
+	a := Adaptive{Cut: 0.5, Floor: 0.1, Debounce: time.Second, Hold: time.Hour, Step: 0.1, StepEvery: time.Hour}
+	w := newTestRedis(t, srv, RedisConfig{Adaptive: a})
+	ctx := t.Context()
+	dest := Destination{Name: "cut.test", Limits: Limits{Rate: Rate{N: 10, Per: time.Second}}}
+	if ok, _, err := w.Reserve(ctx, dest, "first"); err != nil || !ok {
+		t.Fatalf("Reserve(first) = %v, %v; want granted", ok, err)
+	}
+	_, old, err := w.Reserve(ctx, dest, "0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Throttled(ctx, dest, "421"); err != nil {
+		t.Fatal(err)
+	}
+	// Job 0's old slot is void: asking again gets a slot in the new
+	// schedule, which restarted at the cut, not the old one.
+	ok, at, err := w.Reserve(ctx, dest, "0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ok && at.Equal(old) {
+		t.Fatalf("job 0 still holds its pre-cut slot %v", old)
+	}
+	_, at1, err := w.Reserve(ctx, dest, "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, at2, err := w.Reserve(ctx, dest, "2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := at2.Sub(at1); d < 195*time.Millisecond || d > 205*time.Millisecond {
+		t.Errorf("spacing after the cut = %v, want 200ms", d)
+	}
+}

@@ -4,7 +4,8 @@
 -- KEYS[1] TAT (string, µs since the epoch by Redis TIME)
 -- KEYS[2] adaptive state (hash: f = factor set at the last cut, at = its time in µs)
 -- KEYS[3] meta (hash: the configured limits, for Status)
--- KEYS[4] this job's reservation (string, slot time in µs)
+-- KEYS[4] this job's reservation (string "slot,made": the slot and the time
+--         it was reserved, µs; a cut after it was made voids it)
 --
 -- ARGV[1] emission interval at factor 1, ns (Rate.Interval)
 -- ARGV[2] burst, >= 1
@@ -47,9 +48,19 @@ local interval = tonumber(ARGV[1]) / 1000 / factor
 
 local hasjob = ARGV[3] == '1'
 if hasjob then
-  local r = redis.call('GET', KEYS[4])
+  local v = redis.call('GET', KEYS[4])
+  local r, made
+  if v then
+    local comma = string.find(v, ',', 1, true)
+    r, made = tonumber(string.sub(v, 1, comma - 1)), tonumber(string.sub(v, comma + 1))
+    -- A cut since the reservation was made voids it: its slot was spaced
+    -- for the old rate (throttle.lua restarted the schedule).
+    if a[2] and tonumber(a[2]) > made then
+      redis.call('DEL', KEYS[4])
+      r = nil
+    end
+  end
   if r then
-    r = tonumber(r)
     -- A job presenting its reservation goes without taking another slot:
     -- its slot was taken when it was reserved. It may come up to
     -- min(ARGV[9], one interval) early, so that a redelivery timer
@@ -84,6 +95,6 @@ end
 local newtat = math.ceil(tat + interval)
 redis.call('SET', KEYS[1], string.format('%.0f', newtat), 'PX', math.ceil((newtat - now) / 1000) + 1)
 if granted == 0 then
-  redis.call('SET', KEYS[4], string.format('%.0f', slot), 'PX', math.ceil((slot - now + tonumber(ARGV[4])) / 1000))
+  redis.call('SET', KEYS[4], string.format('%.0f,%.0f', slot, now), 'PX', math.ceil((slot - now + tonumber(ARGV[4])) / 1000))
 end
 return {granted, slot, now}

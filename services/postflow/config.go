@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/postflow/postflow/pkg/mailmsg"
 	"github.com/postflow/postflow/pkg/queue"
 	"github.com/postflow/postflow/pkg/retry"
@@ -110,7 +112,7 @@ func serveFlags(fs *flag.FlagSet, cfg *serveConfig) {
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "HTTP listen address for /healthz, /readyz and /metrics")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "embedded NATS JetStream storage directory")
 	fs.StringVar(&cfg.NATSURL, "nats-url", cfg.NATSURL, "NATS server URL(s), comma-separated; empty runs an embedded nats-server")
-	fs.StringVar(&cfg.RedisURL, "redis-url", cfg.RedisURL, "Redis URL for shared rate limits; empty uses an in-process limiter")
+	fs.StringVar(&cfg.RedisURL, "redis-url", cfg.RedisURL, "Redis URL (redis://[user:password@]host:port/db) for limits shared by every worker; empty keeps them in this process")
 	fs.Func("roles", "comma-separated roles to run: api,worker,bounce (default all)", func(s string) error {
 		cfg.Roles = nil
 		for _, r := range strings.Split(s, ",") {
@@ -211,7 +213,10 @@ func (c *serveConfig) finish() error {
 		errs = append(errs, fmt.Errorf("--stream-replicas: %d needs a NATS cluster (--nats-url); the embedded server has one node", c.Queue.Replicas))
 	}
 	if c.RedisURL != "" {
-		errs = append(errs, errors.New("--redis-url: shared Redis limits are not implemented yet; leave it empty"))
+		if _, err := redis.ParseURL(c.RedisURL); err != nil {
+			// go-redis's message does not echo the URL, so no password leaks.
+			errs = append(errs, fmt.Errorf("--redis-url: %w", err))
+		}
 	}
 	// A job is the body plus its envelope (addresses, ids, timestamps).
 	c.Queue.MaxMsgSize = int32(c.MaxMessageBytes + 1<<20)

@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/postflow/postflow/pkg/dkim"
@@ -297,10 +298,33 @@ func (a *app) run(ctx context.Context) error {
 // worker that dies gives its slots back within this time.
 const connectionLease = 30 * time.Second
 
-// limiter returns the shaping limiter: in process without --redis-url.
+// limiter returns the shaping limiter: shared through Redis with
+// --redis-url, else in process. The in-process one also serves as the
+// Redis limiter's fallback while Redis is unreachable, with this worker's
+// share of each limit. The returned func closes what it opened.
 func (a *app) limiter() (shaping.Limiter, func(), error) {
 	mem := shaping.NewMemory(shaping.MemoryConfig{Adaptive: a.cfg.shaping.Adaptive(), Logger: a.log})
-	return mem, func() {}, nil
+	if a.cfg.RedisURL == "" {
+		return mem, func() {}, nil
+	}
+	opts, err := redis.ParseURL(a.cfg.RedisURL)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--redis-url: %w", err)
+	}
+	client := redis.NewClient(opts)
+	lim, err := shaping.NewRedis(client, shaping.RedisConfig{
+		Adaptive: a.cfg.shaping.Adaptive(),
+		Fallback: mem,
+		Logger:   a.log,
+	})
+	if err != nil {
+		_ = client.Close()
+		return nil, nil, fmt.Errorf("shaping: %w", err)
+	}
+	return lim, func() {
+		_ = lim.Close()
+		_ = client.Close()
+	}, nil
 }
 
 func (a *app) mxConfig() mx.Config {

@@ -5,11 +5,16 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/emersion/go-smtp"
 
 	"github.com/postflow/postflow/pkg/queue"
 	"github.com/postflow/postflow/pkg/testenv"
@@ -46,7 +51,8 @@ func (s *stack) sendMany(t *testing.T, prefix, domain string, n int) {
 			for i := range next {
 				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 				_, err := s.mail.Send(ctx, &postflowv1.SendRequest{
-					From: "me@sender.test", To: []string{fmt.Sprintf("%s%d@%s", prefix, i, domain)}, Subject: "s", Text: "t",
+					// The subject is the local part, for the oracle.
+					From: "me@sender.test", To: []string{fmt.Sprintf("%s%d@%s", prefix, i, domain)}, Subject: prefix + strconv.Itoa(i), Text: "t",
 				})
 				cancel()
 				if err != nil {
@@ -160,5 +166,197 @@ destinations:
 		return fetched <= 2*rate && sent <= rate*1.1
 	}) {
 		t.Fatalf("the throttled destination is fetched more than %d times a second, or sent faster than %d/s", 2*rate, rate)
+	}
+}
+
+// startWorkers starts n worker processes (in process, each with its own
+// Redis client and limiter) against s's JetStream, sharing limits through
+// redisAddr.
+func (s *stack) startWorkers(n int, redisAddr string) {
+	for range n {
+		cfg := s.cfg
+		cfg.Roles = []string{"worker"}
+		cfg.HTTPAddr = "127.0.0.1:0"
+		cfg.RedisURL = "redis://" + redisAddr
+		s.startApp(cfg)
+	}
+}
+
+// arrivals returns when the sink received each message to domain, in order.
+func arrivals(sink *testenv.SMTPSink, domain string) []time.Time {
+	var out []time.Time
+	for _, m := range sink.Messages() {
+		if len(m.To) > 0 && strings.HasSuffix(m.To[0], "@"+domain) {
+			out = append(out, m.Received)
+		}
+	}
+	slices.SortFunc(out, func(a, b time.Time) int { return a.Compare(b) })
+	return out
+}
+
+// maxInWindow is the most arrivals in any window of length w that starts
+// at an arrival, among those before end.
+func maxInWindow(ts []time.Time, w time.Duration, end time.Time) int {
+	most := 0
+	for i, start := range ts {
+		if start.After(end) {
+			break
+		}
+		n := sort.Search(len(ts), func(j int) bool { return !ts[j].Before(start.Add(w)) }) - i
+		most = max(most, n)
+	}
+	return most
+}
+
+// TestSharedLimitsAcrossWorkers is the issue's rate and connection test:
+// three workers, each with its own Redis client, share a destination
+// limited to 50 messages/s and 3 connections. With 5,000 queued, no
+// 1-second window of a 20-second run sees more than 55 arrivals, and the
+// receiver never has more than 3 sessions open.
+func TestSharedLimitsAcrossWorkers(t *testing.T) {
+	const queued, rate, run = 5000, 50, 20 * time.Second
+	redis := testenv.StartRedis(t)
+	s := startStack(t, testenv.SinkScript{}, withShaping(t, `
+defaults: {rate: unlimited}
+destinations:
+  - {name: example, domains: [example.test], rate: "50/s", connections: 3}
+`), func(c *serveConfig) { c.Roles = []string{"api"} })
+	s.startWorkers(3, redis.Addr)
+	s.sendMany(t, "r", "example.test", queued)
+
+	first := time.Now()
+	if !eventually(10*time.Second, func() bool {
+		ts := arrivals(s.sink, "example.test")
+		if len(ts) > 0 {
+			first = ts[0]
+		}
+		return len(ts) > 0
+	}) {
+		t.Fatal("nothing delivered within 10s")
+	}
+	end := first.Add(run)
+	time.Sleep(time.Until(end)) //nolint:forbidigo // the measured run, not a wait for a condition
+	ts := arrivals(s.sink, "example.test")
+	most := maxInWindow(ts, time.Second, end.Add(-time.Second))
+	inRun := sort.Search(len(ts), func(j int) bool { return ts[j].After(end) })
+	t.Logf("%d delivered in %v (%.1f/s); at most %d in any 1s window; at most %d sessions at once",
+		inRun, run, float64(inRun)/run.Seconds(), most, s.sink.MaxConcurrentSessions())
+	if most > rate*11/10 {
+		t.Errorf("%d messages arrived within one second, limit %d/s (+10%%)", most, rate)
+	}
+	if inRun < int(run.Seconds())*rate*8/10 {
+		t.Errorf("only %d delivered in %v, want at least 80%% of %d/s: the limit is not being used", inRun, run, rate)
+	}
+	if got := s.sink.MaxConcurrentSessions(); got > 3 {
+		t.Errorf("%d sessions open at once, limit 3", got)
+	}
+}
+
+// TestRedisOutageLosesNothing is TESTPLAN A14's outage, compressed: Redis
+// is killed mid-run and restarted. Nothing is lost or sent twice; during
+// the outage each of the three workers limits itself to its third of the
+// destination's rate, so the destination never sees more than its limit;
+// the workers go back to Redis without a restart.
+func TestRedisOutageLosesNothing(t *testing.T) {
+	const total, rate = 450, 30
+	redis := testenv.StartRedis(t)
+	s := startStack(t, testenv.SinkScript{}, withShaping(t, `
+defaults: {rate: unlimited}
+destinations:
+  - {name: example, domains: [example.test], rate: "30/s"}
+`), func(c *serveConfig) { c.Roles = []string{"api"} })
+	s.startWorkers(3, redis.Addr)
+	s.sendMany(t, "o", "example.test", total)
+
+	if !eventually(10*time.Second, func() bool { return countTo(s.sink, "example.test") >= 60 }) {
+		t.Fatal("fewer than 60 delivered within 10s")
+	}
+	redis.Stop()
+	down := time.Now()
+	if !eventually(10*time.Second, func() bool { return strings.Count(s.logs.String(), "redis unreachable") == 3 }) {
+		t.Fatalf("%d of 3 workers switched to their local limit", strings.Count(s.logs.String(), "redis unreachable"))
+	}
+	atDown := countTo(s.sink, "example.test")
+	if !eventually(20*time.Second, func() bool { return countTo(s.sink, "example.test") >= atDown+90 }) {
+		t.Fatalf("delivery stalled while Redis was down: %d then %d", atDown, countTo(s.sink, "example.test"))
+	}
+	redis.Start(t)
+	up := time.Now()
+	if !eventually(20*time.Second, func() bool { return strings.Count(s.logs.String(), "redis reachable again") == 3 }) {
+		t.Fatalf("%d of 3 workers went back to Redis", strings.Count(s.logs.String(), "redis reachable again"))
+	}
+	if !eventually(60*time.Second, func() bool { return countTo(s.sink, "example.test") >= total }) {
+		t.Fatalf("sink received %d of %d", countTo(s.sink, "example.test"), total)
+	}
+
+	lost, dup, phantom := s.oracle(t, "o", total)
+	if lost != 0 || dup != 0 || phantom != 0 {
+		t.Fatalf("lost %d, duplicated %d, phantom %d; want 0, 0, 0", lost, dup, phantom)
+	}
+	var during []time.Time
+	for _, at := range arrivals(s.sink, "example.test") {
+		if at.After(down) && at.Before(up) {
+			during = append(during, at)
+		}
+	}
+	most := maxInWindow(during, time.Second, up.Add(-time.Second))
+	t.Logf("outage of %v: %d delivered, at most %d in any 1s window", up.Sub(down), len(during), most)
+	if most > rate*11/10 {
+		t.Errorf("%d arrivals within one second while Redis was down, limit %d/s", most, rate)
+	}
+}
+
+// TestAdaptiveRateCutAndRecovery: a receiver that answers 421 4.7.0 to a
+// fifth of the messages makes the destination's rate drop for every worker;
+// once it heals the rate climbs back, step by step.
+func TestAdaptiveRateCutAndRecovery(t *testing.T) {
+	const rate = 40
+	var throttling atomic.Bool
+	var seen atomic.Int64
+	redis := testenv.StartRedis(t)
+	s := startStack(t, testenv.SinkScript{Rcpt: func(string, int) *smtp.SMTPError {
+		if throttling.Load() && seen.Add(1)%5 == 0 {
+			return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many messages, slow down"}
+		}
+		return nil
+	}}, withShaping(t, `
+defaults: {rate: unlimited}
+adaptive: {cut: 0.5, floor: 0.1, debounce: 300ms, hold: 1s, step: 0.3, step_every: 500ms}
+destinations:
+  - {name: example, domains: [example.test], rate: "40/s"}
+`), func(c *serveConfig) { c.Roles = []string{"api"} })
+	s.startWorkers(3, redis.Addr)
+	s.sendMany(t, "a", "example.test", 1200)
+
+	// rateOver measures arrivals per second over the next d.
+	rateOver := func(d time.Duration) float64 {
+		before := countTo(s.sink, "example.test")
+		time.Sleep(d) //nolint:forbidigo // a measurement window, not a wait for a condition
+		return float64(countTo(s.sink, "example.test")-before) / d.Seconds()
+	}
+	healthy := rateOver(2 * time.Second)
+	throttling.Store(true)
+	// The first cut comes with the first 421; the second half of this
+	// window runs at the cut rate.
+	rateOver(time.Second)
+	throttled := rateOver(2 * time.Second)
+	throttling.Store(false)
+	healed := 0.0
+	recovered := eventually(15*time.Second, func() bool {
+		healed = rateOver(time.Second)
+		return healed >= rate*0.8
+	})
+	t.Logf("rate: %.1f/s healthy, %.1f/s while 20%% of replies were 421, %.1f/s after healing", healthy, throttled, healed)
+	if healthy < rate*0.8 {
+		t.Fatalf("healthy rate %.1f/s, want about %d/s", healthy, rate)
+	}
+	if throttled > healthy*0.6 {
+		t.Errorf("rate while throttled %.1f/s, want it cut to at most 60%% of %.1f/s", throttled, healthy)
+	}
+	if !recovered {
+		t.Errorf("rate %.1f/s 15s after the receiver healed, want at least %.0f/s", healed, rate*0.8)
+	}
+	if n := strings.Count(s.logs.String(), "rate cut"); n == 0 {
+		t.Errorf("no rate cut was logged")
 	}
 }
