@@ -72,6 +72,7 @@ type smtpConn struct {
 	br       *bufio.Reader     // replies read by smtpout itself; see replies
 	text     *textproto.Reader // over br
 	uses     int               // Deliver calls this session has served
+	maxUses  int               // Deliver calls it may serve (MaxMessagesPerConn or Target.MaxMessages)
 	stop     func() bool       // disarms the current Deliver's ctx AfterFunc
 
 	idleSince time.Time
@@ -203,7 +204,7 @@ func (c *Client) take(key poolKey) *smtpConn {
 // served MaxMessagesPerConn messages, or MaxIdlePerHost sessions for its
 // key are already idle.
 func (c *Client) checkin(pc *smtpConn) bool {
-	if c.cfg.MaxIdlePerHost < 0 || pc.noReuse || pc.uses >= c.cfg.MaxMessagesPerConn {
+	if c.cfg.MaxIdlePerHost < 0 || pc.noReuse || pc.uses >= pc.maxUses {
 		return false
 	}
 	c.mu.Lock()

@@ -43,13 +43,15 @@ func TestReuseSequentialSessions(t *testing.T) {
 		name         string
 		maxIdle      int
 		maxMessages  int
+		targetCap    int // Target.MaxMessages
 		messages     int
 		wantSessions int
 	}{
-		{"default cap", 0, 0, 100, 1},
-		{"cap 10", 0, 10, 35, 4},
-		{"cap 1", 0, 1, 5, 5},
-		{"reuse off", -1, 0, 5, 5},
+		{"default cap", 0, 0, 0, 100, 1},
+		{"cap 10", 0, 10, 0, 35, 4},
+		{"cap 1", 0, 1, 0, 5, 5},
+		{"reuse off", -1, 0, 0, 5, 5},
+		{"target cap 20 over config cap 100", 0, 100, 20, 45, 3},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -59,8 +61,10 @@ func TestReuseSequentialSessions(t *testing.T) {
 			cfg.MaxIdlePerHost = tc.maxIdle
 			cfg.MaxMessagesPerConn = tc.maxMessages
 			c := newPoolClient(t, cfg)
+			target := sinkTarget(sink)
+			target.MaxMessages = tc.targetCap
 			for i := range tc.messages {
-				deliverOK(t, c, []Target{sinkTarget(sink)}, fmt.Sprintf("r%d@example.net", i))
+				deliverOK(t, c, []Target{target}, fmt.Sprintf("r%d@example.net", i))
 			}
 			if got := sink.Sessions(); got != tc.wantSessions {
 				t.Fatalf("%d messages with MaxIdlePerHost %d, MaxMessagesPerConn %d: sink sessions = %d, want %d",

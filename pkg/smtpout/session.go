@@ -153,7 +153,10 @@ func (s *session) connect(ctx context.Context) (*smtpConn, bool, *deliveryerr.Er
 		return nil, false, netFailure(ctx, "4.4.1", "connection failed", derr)
 	}
 	conn := &sessionConn{Conn: raw}
-	pc := &smtpConn{key: keyOf(s.target), raw: raw, sc: conn, wire: conn}
+	pc := &smtpConn{key: keyOf(s.target), raw: raw, sc: conn, wire: conn, maxUses: s.cfg.MaxMessagesPerConn}
+	if s.target.MaxMessages > 0 {
+		pc.maxUses = s.target.MaxMessages
+	}
 	pc.arm(ctx)
 	fail := func(final bool, err *deliveryerr.Error) (*smtpConn, bool, *deliveryerr.Error) {
 		pc.stop()

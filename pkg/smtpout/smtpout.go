@@ -100,6 +100,10 @@ type Target struct {
 	// are only ever sent over TLS: with TLSOpportunistic a session that
 	// did not get TLS fails instead of authenticating in plain text.
 	Auth *Auth
+	// MaxMessages, if positive, caps the messages a session opened for
+	// this target carries, in place of Config.MaxMessagesPerConn (a
+	// receiver's per-connection limit, such as Yahoo's 20).
+	MaxMessages int
 }
 
 // TLSMode is how a session uses TLS.

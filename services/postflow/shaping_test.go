@@ -360,3 +360,33 @@ destinations:
 		t.Errorf("no rate cut was logged")
 	}
 }
+
+// TestRecipientsAndMessagesPerConnection: a destination taking 2
+// recipients per transaction and 2 messages per connection gets a
+// 5-recipient message as three transactions (2, 2, 1) over two sessions.
+func TestRecipientsAndMessagesPerConnection(t *testing.T) {
+	s := startStack(t, testenv.SinkScript{}, withShaping(t, `
+defaults: {rate: unlimited}
+destinations:
+  - {name: narrow, domains: [narrow.test], recipients_per_transaction: 2, messages_per_connection: 2}
+`))
+	s.dns.Update(shapingZone)
+	var to []string
+	for i := range 5 {
+		to = append(to, fmt.Sprintf("p%d@narrow.test", i))
+	}
+	resp := s.send(&postflowv1.SendRequest{From: "me@sender.test", To: to, Subject: "s", Text: "t"})
+	st := s.waitFinal(resp.GetMessageId(), 30*time.Second)
+	for i := range to {
+		if got := stateOf(t, st, i); got != postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED {
+			t.Fatalf("%s: %v, want DELIVERED", to[i], got)
+		}
+	}
+	var sizes []int
+	for _, m := range s.sink.Messages() {
+		sizes = append(sizes, len(m.To))
+	}
+	if fmt.Sprint(sizes) != "[2 2 1]" || s.sink.Sessions() != 2 {
+		t.Fatalf("transactions of %v recipients over %d sessions, want [2 2 1] over 2", sizes, s.sink.Sessions())
+	}
+}

@@ -208,30 +208,44 @@ func (w *Worker) attempt(ctx context.Context, job *queuev1.DeliveryJob, rcpts []
 			return fail(deliveryerr.Temporary(451, "4.3.0", "DKIM signing failed", err))
 		}
 	}
+	for i := range targets {
+		targets[i].MaxMessages = dest.Limits.MessagesPerConnection
+	}
+	// A destination may take fewer recipients per transaction than the
+	// job holds: one transaction per chunk, in order.
+	chunk := len(rcpts)
+	if n := dest.Limits.RecipientsPerTransaction; n > 0 && n < chunk {
+		chunk = n
+	}
 	dctx := shaping.WithDestination(ctx, dest)
-	res := w.sender.Deliver(dctx, targets, env, body)
-	for busy(res) && w.gate.wait(ctx, dest.Name, dest.Limits.Connections, w.cfg.BusyDelay) {
-		res = w.sender.Deliver(dctx, targets, env, body)
-	}
-	if !busy(res) {
-		w.gate.ended(dest.Name)
-	}
-	if len(res.Recipients) != len(rcpts) {
-		return fail(fmt.Errorf("worker: sender returned %d results for %d recipients", len(res.Recipients), len(rcpts)))
-	}
-	for i, rr := range res.Recipients {
-		outs[i].target = res.Target
-		outs[i].tls = res.TLS
-		outs[i].possDup = rr.PossibleDuplicate
-		if rr.Delivered {
-			outs[i].delivered = true
-			outs[i].reply = res.Reply
-			continue
+	all := env.To
+	for lo := 0; lo < len(all); lo += chunk {
+		env.To = all[lo:min(lo+chunk, len(all))]
+		res := w.sender.Deliver(dctx, targets, env, body)
+		for busy(res) && w.gate.wait(ctx, dest.Name, dest.Limits.Connections, w.cfg.BusyDelay) {
+			res = w.sender.Deliver(dctx, targets, env, body)
 		}
-		_, outs[i].reply = deliveryerr.Classify(rr.Err)
-	}
-	if busy(res) {
-		return nil, w.now().Add(jitter(w.cfg.BusyDelay))
+		if len(res.Recipients) != len(env.To) {
+			return fail(fmt.Errorf("worker: sender returned %d results for %d recipients", len(res.Recipients), len(env.To)))
+		}
+		if busy(res) && lo == 0 {
+			// Nothing was tried: hand the job back for a while.
+			return nil, w.now().Add(jitter(w.cfg.BusyDelay))
+		}
+		if !busy(res) {
+			w.gate.ended(dest.Name)
+		}
+		for i, rr := range res.Recipients {
+			o := &outs[lo+i]
+			o.target, o.tls, o.possDup = res.Target, res.TLS, rr.PossibleDuplicate
+			if rr.Delivered {
+				o.delivered, o.reply = true, res.Reply
+				continue
+			}
+			// A later chunk that found every slot held is deferred with
+			// the rest of the attempt's outcome.
+			_, o.reply = deliveryerr.Classify(rr.Err)
+		}
 	}
 	w.feedback(ctx, dest, outs)
 	return outs, time.Time{}
