@@ -30,7 +30,9 @@ const (
 // message ids, indexes) or DNS domain names in A-label form, all of which are
 // valid subject tokens.
 const (
-	outboundPrefix = "postflow.outbound."
+	// OutboundPrefix starts every OUTBOUND subject:
+	// OutboundPrefix + "<tenant>.<domain>".
+	OutboundPrefix = "postflow.outbound."
 	eventsPrefix   = "postflow.events."
 )
 
@@ -38,7 +40,7 @@ const (
 // The domain keeps its dots, so it spans several tokens; consumers filter by
 // prefix ("postflow.outbound.<tenant>.>").
 func OutboundSubject(tenant, domain string) string {
-	return outboundPrefix + tenant + "." + domain
+	return OutboundPrefix + tenant + "." + domain
 }
 
 // EventSubject is the subject of one recipient's events.
@@ -101,7 +103,7 @@ func (c Config) OutboundConfig() jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        OutboundStream,
 		Description: "Postflow delivery jobs, one per message and recipient domain",
-		Subjects:    []string{outboundPrefix + ">"},
+		Subjects:    []string{OutboundPrefix + ">"},
 		Retention:   jetstream.WorkQueuePolicy,
 		Discard:     jetstream.DiscardNew,
 		MaxBytes:    c.OutboundMaxBytes,

@@ -149,3 +149,7 @@ func (a Adaptive) Factor(cutFactor float64, cutAt, now time.Time) float64 {
 	steps := float64(since / a.StepEvery)
 	return min(1, max(cutFactor, a.Floor)+steps*a.Step)
 }
+
+// String formats r as the configuration writes it: "50/s", "5000/h",
+// "unlimited".
+func (r Rate) String() string { return describeRate(r) }

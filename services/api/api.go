@@ -57,6 +57,8 @@ type Deps struct {
 	Listener net.Listener
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Shaping, if set, serves ShapingService.
+	Shaping *ShapingDeps
 }
 
 // Server implements MailService and StatusService.
@@ -109,6 +111,9 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	)
 	postflowv1.RegisterMailServiceServer(gs, srv)
 	postflowv1.RegisterStatusServiceServer(gs, srv)
+	if deps.Shaping != nil {
+		postflowv1.RegisterShapingServiceServer(gs, &shapingServer{deps: *deps.Shaping, js: deps.JS})
+	}
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)

@@ -70,8 +70,10 @@ type stack struct {
 	cfg    serveConfig
 	mail   postflowv1.MailServiceClient
 	status postflowv1.StatusServiceClient
-	stream jetstream.JetStream
-	api    *runningApp
+	// shaping is the ShapingService client.
+	shaping postflowv1.ShapingServiceClient
+	stream  jetstream.JetStream
+	api     *runningApp
 	// logs holds every app's log lines at Info and above, so tests can
 	// assert what is (and is not) logged.
 	logs lockedBuffer
@@ -155,6 +157,7 @@ func startStack(t testing.TB, script testenv.SinkScript, opts ...stackOpt) *stac
 	t.Cleanup(func() { _ = conn.Close() })
 	s.mail = postflowv1.NewMailServiceClient(conn)
 	s.status = postflowv1.NewStatusServiceClient(conn)
+	s.shaping = postflowv1.NewShapingServiceClient(conn)
 	nc := s.js.Connect(t)
 	if s.stream, err = jetstream.New(nc); err != nil {
 		t.Fatal(err)

@@ -27,6 +27,7 @@ Usage:
   postflow serve  [flags]                 run the service (all roles by default)
   postflow send   [flags]                 send a message through the API
   postflow status [flags] MESSAGE_ID      show a message's per-recipient status
+  postflow shaping check|status           validate shaping limits; show them live
   postflow version
 
 Run "postflow COMMAND -h" for a command's flags.
@@ -44,6 +45,8 @@ func run(ctx context.Context, args []string) error {
 		return sendCmd(ctx, args[1:], os.Stdout, os.Getenv)
 	case "status":
 		return statusCmd(ctx, args[1:], os.Stdout, os.Getenv)
+	case "shaping":
+		return shapingCmd(ctx, args[1:], os.Stdout, os.Getenv)
 	case "version":
 		fmt.Println("postflow", version)
 		return nil

@@ -197,6 +197,18 @@ func startEmbeddedNATS(cfg serveConfig) (*server.Server, error) {
 // order: intake first (api), then delivery (worker drains), then NATS.
 func (a *app) run(ctx context.Context) error {
 	defer a.close()
+	// One limiter and one resolver per process, shared by its roles: the
+	// api role reports the limiter's state (ShapingService).
+	lim, closeLimiter, err := a.limiter()
+	if err != nil {
+		return err
+	}
+	defer closeLimiter()
+	router, err := mx.New(a.mxConfig())
+	if err != nil {
+		return err
+	}
+
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.serveHTTP(gctx) })
 	if a.cfg.has("api") {
@@ -208,14 +220,11 @@ func (a *app) run(ctx context.Context) error {
 				MaxAge:          a.cfg.MaxAge,
 				PublishTimeout:  10 * time.Second,
 				ShutdownTimeout: a.cfg.ShutdownTimeout,
-			}, api.Deps{JS: a.js, Logger: a.log, Listener: a.grpcLis})
+			}, api.Deps{JS: a.js, Logger: a.log, Listener: a.grpcLis,
+				Shaping: &api.ShapingDeps{Limiter: lim, Config: a.cfg.shaping, Resolver: router}})
 		})
 	}
 	if a.cfg.has("worker") {
-		router, err := mx.New(a.mxConfig())
-		if err != nil {
-			return err
-		}
 		var signer *dkim.Signer
 		if a.cfg.DKIMKeys != "" {
 			keys, err := dkim.LoadKeys(a.cfg.DKIMKeys)
@@ -226,10 +235,6 @@ func (a *app) run(ctx context.Context) error {
 				return fmt.Errorf("--dkim-keys: %w", err)
 			}
 			a.log.Info("dkim: signing", slog.Any("domains", signer.Domains()), slog.Int("keys", len(keys)))
-		}
-		lim, closeLimiter, err := a.limiter()
-		if err != nil {
-			return err
 		}
 		// Keep as many idle sessions per host as jobs may run at once, so a
 		// busy destination is not re-dialed after every burst.
@@ -275,8 +280,8 @@ func (a *app) run(ctx context.Context) error {
 		}
 		g.Go(func() error {
 			// Idle SMTP sessions are closed once the worker has drained,
-			// releasing their connection slots, before the limiter goes.
-			defer closeLimiter()
+			// releasing their connection slots before the limiter goes
+			// (closeLimiter runs after g.Wait).
 			defer func() { _ = sender.Close() }()
 			return worker.Run(gctx, worker.Config{
 				Concurrency:     a.cfg.Concurrency,

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -388,5 +389,53 @@ destinations:
 	}
 	if fmt.Sprint(sizes) != "[2 2 1]" || s.sink.Sessions() != 2 {
 		t.Fatalf("transactions of %v recipients over %d sessions, want [2 2 1] over 2", sizes, s.sink.Sessions())
+	}
+}
+
+// TestShapingStatus: ShapingService and `postflow shaping status` show a
+// destination's configured and current rate, its queued jobs and its last
+// throttling.
+func TestShapingStatus(t *testing.T) {
+	var first atomic.Bool
+	s := startStack(t, testenv.SinkScript{Rcpt: func(string, int) *smtp.SMTPError {
+		if first.CompareAndSwap(false, true) {
+			return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "slow down"}
+		}
+		return nil
+	}}, withShaping(t, `
+defaults: {rate: unlimited}
+destinations:
+  - {name: slow, domains: [slow.test], rate: "2/s", connections: 4}
+`))
+	s.dns.Update(shapingZone)
+	s.sendMany(t, "st", "slow.test", 40)
+
+	client := s.shaping
+	var slow *postflowv1.DestinationStatus
+	if !eventually(10*time.Second, func() bool {
+		resp, err := client.ListDestinations(context.Background(), &postflowv1.ListDestinationsRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range resp.GetDestinations() {
+			if d.GetName() == "slow" {
+				slow = d
+			}
+		}
+		return slow != nil && slow.GetLastThrottled() != nil
+	}) {
+		t.Fatalf("no throttled slow destination listed; last %v", slow)
+	}
+	if slow.GetConfiguredRate() != "2/s" || slow.GetCurrentRate() != "2/2s" || slow.GetFactor() != 0.5 ||
+		slow.GetConnectionLimit() != 4 || slow.GetQueuedJobs() < 30 || slow.GetQueuedJobs() > 40 {
+		t.Fatalf("slow = %v, want 2/s configured, 2/2s current (factor 0.5), 4 connections, 30..40 queued", slow)
+	}
+
+	var out strings.Builder
+	if err := shapingStatus(context.Background(), []string{"--server", s.api.app.grpcLis.Addr().String()}, &out, func(string) string { return "" }); err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`(?m)^slow +2/s +2/2s +[0-4]/4 +\d+ +\d{4}-`).MatchString(out.String()) {
+		t.Fatalf("postflow shaping status printed:\n%s", out.String())
 	}
 }
