@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/postflow/postflow/pkg/telemetry"
 )
 
 const (
@@ -316,7 +318,7 @@ func (l *memLease) Release(context.Context) error {
 // Throttled implements Limiter: the factor in force is multiplied by Cut,
 // down to Floor, unless the previous cut is less than Debounce old. The
 // cut and its reason are logged.
-func (m *Memory) Throttled(_ context.Context, dest Destination, reason string) error {
+func (m *Memory) Throttled(ctx context.Context, dest Destination, reason string) error {
 	now := m.now()
 	d := m.lock(dest, now)
 	from := m.factor(d, now)
@@ -333,6 +335,7 @@ func (m *Memory) Throttled(_ context.Context, dest Destination, reason string) e
 	clear(d.reserved)
 	d.tat = now
 	d.mu.Unlock()
+	telemetry.RateCut(ctx)
 	if m.log != nil {
 		m.log.Info("shaping: rate cut", slog.String("destination", dest.Name),
 			slog.Float64("factor_from", from), slog.Float64("factor_to", to),

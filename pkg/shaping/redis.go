@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/postflow/postflow/pkg/telemetry"
 )
 
 // The Redis key layout. P is RedisConfig.Prefix and d a destination name;
@@ -428,6 +430,7 @@ func (r *Redis) Throttled(ctx context.Context, dest Destination, reason string) 
 	}
 	if cut, _ := vals[0].(int64); cut == 1 {
 		r.cuts.Add(1)
+		telemetry.RateCut(ctx)
 		to, _ := strconv.ParseFloat(fmt.Sprint(vals[1]), 64)
 		from, _ := strconv.ParseFloat(fmt.Sprint(vals[3]), 64)
 		r.log.InfoContext(ctx, "shaping: rate cut", slog.String("destination", dest.Name),
@@ -637,6 +640,7 @@ func (r *Redis) markDown(cause error) {
 		return
 	}
 	r.switches.Add(1)
+	telemetry.ShapingFallback(context.Background())
 	r.log.Warn("shaping: redis unreachable, limiting locally at a share of each destination's limits",
 		slog.Any("error", cause), slog.Int64("live_workers", r.live.Load()), slog.Duration("retry", r.retry))
 	select {

@@ -40,6 +40,9 @@ var (
 	failed     = must(meter.Int64Counter("postflow.delivery.failed", metric.WithDescription("Recipients failed without an SMTP attempt (undecodable job)"), metric.WithUnit("{recipient}")))
 	sessions   = must(meter.Int64Counter("postflow.delivery.sessions", metric.WithDescription("SMTP delivery attempts (one per job attempt)"), metric.WithUnit("{attempt}")))
 	latency    = must(meter.Float64Histogram("postflow.delivery.latency", metric.WithDescription("Time from acceptance to delivery"), metric.WithUnit("s"), metric.WithExplicitBucketBoundaries(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400)))
+	held       = must(meter.Int64Counter("postflow.shaping.held", metric.WithDescription("Jobs handed back unattempted by traffic shaping, by reason (rate, connections)"), metric.WithUnit("{job}")))
+	cuts       = must(meter.Int64Counter("postflow.shaping.cuts", metric.WithDescription("Destination rate cuts after throttling replies"), metric.WithUnit("{cut}")))
+	fallbacks  = must(meter.Int64Counter("postflow.shaping.fallbacks", metric.WithDescription("Switches to the local limit while Redis was unreachable"), metric.WithUnit("{switch}")))
 	attemptDur = must(meter.Float64Histogram("postflow.delivery.duration", metric.WithDescription("Duration of one delivery attempt (DNS and SMTP)"), metric.WithUnit("s"), metric.WithExplicitBucketBoundaries(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)))
 )
 
@@ -82,3 +85,18 @@ func Attempt(ctx context.Context, result string, seconds float64) {
 	sessions.Add(ctx, 1, metric.WithAttributes(KeyResult.String(result)))
 	attemptDur.Record(ctx, seconds, metric.WithAttributes(KeyResult.String(result)))
 }
+
+// keyReason labels why shaping held a job back.
+var keyReason = attribute.Key("postflow.reason")
+
+// Held records a job handed back by traffic shaping; reason is "rate" or
+// "connections".
+func Held(ctx context.Context, reason string) {
+	held.Add(ctx, 1, metric.WithAttributes(keyReason.String(reason)))
+}
+
+// RateCut records one destination rate cut.
+func RateCut(ctx context.Context) { cuts.Add(ctx, 1) }
+
+// ShapingFallback records a switch to the local limit.
+func ShapingFallback(ctx context.Context) { fallbacks.Add(ctx, 1) }

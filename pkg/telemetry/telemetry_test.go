@@ -62,6 +62,9 @@ func TestSetupServesPrometheusMetrics(t *testing.T) {
 	Delivered(ctx, 0.042)
 	Deferred(ctx)
 	Bounced(ctx)
+	Held(ctx, "rate")
+	RateCut(ctx)
+	ShapingFallback(ctx)
 	after := scrape(t, p)
 	for series, delta := range map[string]float64{
 		"postflow_submit_accepted_total":                       3,
@@ -70,6 +73,9 @@ func TestSetupServesPrometheusMetrics(t *testing.T) {
 		"postflow_delivery_bounced_total":                      1,
 		`postflow_delivery_latency_seconds_bucket{le="0.05"}`:  1,
 		`postflow_delivery_latency_seconds_bucket{le="0.025"}`: 0,
+		`postflow_shaping_held_total{postflow_reason="rate"}`:  1,
+		"postflow_shaping_cuts_total":                          1,
+		"postflow_shaping_fallbacks_total":                     1,
 	} {
 		if got := after[series] - before[series]; got != delta {
 			t.Errorf("%s grew by %v, want %v", series, got, delta)

@@ -183,6 +183,7 @@ func (w *Worker) attempt(ctx context.Context, job *queuev1.DeliveryJob, rcpts []
 		return fail(deliveryerr.Temporary(451, "4.3.0", "rate limiter unavailable", err))
 	}
 	if !ok {
+		telemetry.Held(ctx, "rate")
 		return nil, at
 	}
 	env := smtpout.Envelope{From: job.GetEnvelopeFrom(), SMTPUTF8: job.GetSmtputf8()}
@@ -230,6 +231,7 @@ func (w *Worker) attempt(ctx context.Context, job *queuev1.DeliveryJob, rcpts []
 		}
 		if busy(res) && lo == 0 {
 			// Nothing was tried: hand the job back for a while.
+			telemetry.Held(ctx, "connections")
 			return nil, w.now().Add(jitter(w.cfg.BusyDelay))
 		}
 		if !busy(res) {
