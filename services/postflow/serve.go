@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"sync"
 	"syscall"
 	"time"
 
@@ -316,6 +317,10 @@ func (a *app) limiter() (shaping.Limiter, func(), error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("--redis-url: %w", err)
 	}
+	// go-redis reports every failed dial on its own logger; while Redis is
+	// down that is one line per attempt. The limiter logs the outage once;
+	// the details go to debug.
+	redisLogOnce.Do(func() { redis.SetLogger(redisLog{a.log}) })
 	client := redis.NewClient(opts)
 	lim, err := shaping.NewRedis(client, shaping.RedisConfig{
 		Adaptive: a.cfg.shaping.Adaptive(),
@@ -330,6 +335,17 @@ func (a *app) limiter() (shaping.Limiter, func(), error) {
 		_ = lim.Close()
 		_ = client.Close()
 	}, nil
+}
+
+// redisLogOnce guards go-redis's process-wide logger: set once, before the
+// first client, never while clients may be reading it.
+var redisLogOnce sync.Once
+
+// redisLog sends go-redis's internal log lines to slog at debug level.
+type redisLog struct{ log *slog.Logger }
+
+func (l redisLog) Printf(ctx context.Context, format string, v ...any) {
+	l.log.DebugContext(ctx, "redis: "+fmt.Sprintf(format, v...))
 }
 
 func (a *app) mxConfig() mx.Config {
