@@ -178,7 +178,8 @@ func (w *Worker) attempt(ctx context.Context, job *queuev1.DeliveryJob, rcpts []
 	// The destination's rate decides first: a job held back costs only
 	// this lookup, not the signing and envelope work below.
 	dest := w.destination(job.GetDomain(), targets)
-	ok, at, err := w.limit.Reserve(ctx, dest, job.GetMessageId()+"."+job.GetDomain())
+	key := job.GetMessageId() + "." + job.GetDomain()
+	ok, at, err := w.limit.Reserve(ctx, dest, key)
 	if err != nil {
 		return fail(deliveryerr.Temporary(451, "4.3.0", "rate limiter unavailable", err))
 	}
@@ -224,6 +225,15 @@ func (w *Worker) attempt(ctx context.Context, job *queuev1.DeliveryJob, rcpts []
 		env.To = all[lo:min(lo+chunk, len(all))]
 		res := w.sender.Deliver(dctx, targets, env, body)
 		for busy(res) && w.gate.wait(ctx, dest.Name, dest.Limits.Connections, w.cfg.BusyDelay) {
+			// A rate grant is good for now only: a job that waited for a
+			// connection asks again, or jobs held up together (a slow
+			// receiver, a starved process) would go out in a burst.
+			if lo == 0 {
+				if ok, at, err := w.limit.Reserve(ctx, dest, key); err == nil && !ok {
+					telemetry.Held(ctx, "rate")
+					return nil, at
+				}
+			}
 			res = w.sender.Deliver(dctx, targets, env, body)
 		}
 		if len(res.Recipients) != len(env.To) {
