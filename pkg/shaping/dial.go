@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -28,6 +29,31 @@ func DestinationOf(ctx context.Context) (Destination, bool) {
 	return d, ok
 }
 
+type heldKey struct{}
+
+// HeldLease is a connection slot taken before dialing, so that a job
+// claims its rate slot only with a connection in hand. A LeasedDialer
+// uses it for the first connection it opens under the context that
+// carries it (see WithLease) instead of acquiring one.
+type HeldLease struct {
+	lease Lease
+	used  atomic.Bool
+}
+
+// WithLease returns ctx carrying lease for the next leased dial.
+func WithLease(ctx context.Context, lease Lease) (context.Context, *HeldLease) {
+	h := &HeldLease{lease: lease}
+	return context.WithValue(ctx, heldKey{}, h), h
+}
+
+// ReleaseUnused releases the lease if no connection took it (the job found
+// a pooled session after all, or was held back by its rate).
+func (h *HeldLease) ReleaseUnused(ctx context.Context) {
+	if h != nil && h.used.CompareAndSwap(false, true) {
+		_ = h.lease.Release(ctx)
+	}
+}
+
 // DialFunc dials a network address, as net.Dialer.DialContext does.
 type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
 
@@ -48,12 +74,18 @@ func LeasedDialer(l Limiter, dial DialFunc, ttl time.Duration) DialFunc {
 		if !ok || dest.Limits.Connections <= 0 {
 			return dial(ctx, network, addr)
 		}
-		lease, ok, err := l.Acquire(ctx, dest, ttl)
-		if err != nil {
-			return nil, fmt.Errorf("shaping: %s: connection slot: %w", dest.Name, err)
-		}
-		if !ok {
-			return nil, fmt.Errorf("shaping: %s: %w", dest.Name, ErrNoConnection)
+		var lease Lease
+		if h, _ := ctx.Value(heldKey{}).(*HeldLease); h != nil && h.used.CompareAndSwap(false, true) {
+			lease = h.lease
+		} else {
+			var ok bool
+			var err error
+			if lease, ok, err = l.Acquire(ctx, dest, ttl); err != nil {
+				return nil, fmt.Errorf("shaping: %s: connection slot: %w", dest.Name, err)
+			}
+			if !ok {
+				return nil, fmt.Errorf("shaping: %s: %w", dest.Name, ErrNoConnection)
+			}
 		}
 		conn, err := dial(ctx, network, addr)
 		if err != nil {

@@ -19,6 +19,12 @@ const (
 	// another round trip through the queue. It is capped at one interval,
 	// so a job is never more than one slot early.
 	reserveEarly = 50 * time.Millisecond
+	// reserveLate is how long after its slot a reservation may still be
+	// claimed. Later, it is void and the job is decided afresh: jobs held
+	// up together (waiting for a connection, a starved worker) must not
+	// redeem a run of past slots at once and burst past the rate. At 50/s
+	// it lets at most 5 late slots through together.
+	reserveLate = 100 * time.Millisecond
 	// reservationTTL is how long after its slot an unclaimed reservation
 	// is kept. A job that comes back later (its worker died, the queue was
 	// slow) is decided afresh; its slot has passed unused either way.
@@ -78,8 +84,11 @@ type memDest struct {
 	// tat is GCRA's theoretical arrival time: when the next message would
 	// go at the steady rate, reservations included.
 	tat time.Time
+	// tatEpoch is the rate epoch (Adaptive.Epoch) tat was computed in;
+	// in another epoch the schedule restarts from now.
+	tatEpoch time.Time
 	// reserved maps a held-back job to its slot.
-	reserved map[string]time.Time
+	reserved map[string]reservation
 	// leases maps a lease id to its expiry.
 	leases map[uint64]time.Time
 	// cutFactor and cutAt describe the latest adaptive cut; see
@@ -127,7 +136,7 @@ func (m *Memory) lock(dest Destination, now time.Time) *memDest {
 		}
 		d := m.dests[dest.Name]
 		if d == nil {
-			d = &memDest{reserved: map[string]time.Time{}, leases: map[uint64]time.Time{}, cutFactor: 1}
+			d = &memDest{reserved: map[string]reservation{}, leases: map[uint64]time.Time{}, cutFactor: 1}
 			m.dests[dest.Name] = d
 		}
 		m.mu.Unlock()
@@ -156,8 +165,8 @@ func (m *Memory) sweepLocked(now time.Time) {
 }
 
 func (d *memDest) pruneReservations(now time.Time) {
-	for job, slot := range d.reserved {
-		if now.Sub(slot) >= reservationTTL {
+	for job, r := range d.reserved {
+		if now.Sub(r.slot) >= reservationTTL {
 			delete(d.reserved, job)
 		}
 	}
@@ -201,11 +210,17 @@ func (m *Memory) Reserve(_ context.Context, dest Destination, job string) (bool,
 	defer d.mu.Unlock()
 
 	t := m.interval(d, now)
-	if slot, ok := d.reserved[job]; ok {
+	epoch := m.adaptive.Epoch(d.cutFactor, d.cutAt, now)
+	if !d.tatEpoch.Equal(epoch) {
+		d.tat, d.tatEpoch = now, epoch
+	}
+	if r, ok := d.reserved[job]; ok {
+		slot := r.slot
 		switch {
-		case t <= 0 || now.Sub(slot) >= reservationTTL:
-			// Unlimited now, or a reservation too old to honour:
-			// decide afresh below.
+		case t <= 0 || now.Sub(slot) > reserveLate || !r.epoch.Equal(epoch):
+			// Unlimited now, claimed too late to honour without a
+			// burst, or spaced for a rate no longer in force: decide
+			// afresh below.
 			delete(d.reserved, job)
 		case !now.Before(slot.Add(-min(reserveEarly, t))):
 			delete(d.reserved, job)
@@ -233,9 +248,14 @@ func (m *Memory) Reserve(_ context.Context, dest Destination, job string) (bool,
 		return false, slot, nil
 	default:
 		d.tat = tat.Add(t)
-		d.reserved[job] = slot
+		d.reserved[job] = reservation{slot: slot, epoch: epoch}
 		return false, slot, nil
 	}
+}
+
+// reservation is a slot held for a job, in the rate epoch it was spaced for.
+type reservation struct {
+	slot, epoch time.Time
 }
 
 // Acquire implements Limiter. Leases are counted against the
@@ -328,12 +348,8 @@ func (m *Memory) Throttled(ctx context.Context, dest Destination, reason string)
 	}
 	to := max(from*m.adaptive.Cut, m.adaptive.Floor)
 	d.cutFactor, d.cutAt = to, now
-	// Slots handed out before the cut were spaced for the old rate: void
-	// them and start the schedule again from now, so that the cut takes
-	// effect at once rather than after the reserved backlog (jobs that
-	// come back find no reservation and take a slot at the new spacing).
-	clear(d.reserved)
-	d.tat = now
+	// The cut starts a new rate epoch: slots handed out before it are
+	// void and the schedule restarts (see Reserve).
 	d.mu.Unlock()
 	telemetry.RateCut(ctx)
 	if m.log != nil {

@@ -663,3 +663,75 @@ func TestMemoryCutVoidsReservations(t *testing.T) {
 		t.Fatalf("job 1 after the cut: slot in %v, want 200ms (the halved rate)", got)
 	}
 }
+
+// TestMemoryLateClaimIsDecidedAfresh: a reservation claimed more than
+// reserveLate after its slot is void, so that jobs held up together cannot
+// redeem a run of past slots at once.
+func TestMemoryLateClaimIsDecidedAfresh(t *testing.T) {
+	clk := newMemClock()
+	m := newTestMemory(clk)
+	d := memDestination("late.test", Rate{N: 10, Per: time.Second}, 1, 0)
+	reserve(t, m, d, "first")
+	var slots []time.Time
+	for i := range 10 {
+		_, at := reserve(t, m, d, strconv.Itoa(i))
+		slots = append(slots, at)
+	}
+	// Every job comes back a second after the last slot: only the GCRA
+	// decision lets any through, one now and the rest spaced again.
+	clk.Add(slots[9].Sub(clk.Now()) + time.Second)
+	granted := 0
+	for i := range 10 {
+		if ok, _ := reserve(t, m, d, strconv.Itoa(i)); ok {
+			granted++
+		}
+	}
+	if granted != 1 {
+		t.Fatalf("%d late claims granted at once, want 1 (burst 1)", granted)
+	}
+}
+
+// TestMemoryRecoveryStepTakesEffect: slots reserved at a cut rate are void
+// once a recovery step raises it, so the faster rate applies at once
+// instead of after the slow backlog.
+func TestMemoryRecoveryStepTakesEffect(t *testing.T) {
+	clk := newMemClock()
+	a := Adaptive{Cut: 0.5, Floor: 0.1, Debounce: time.Second, Hold: time.Second, Step: 0.5, StepEvery: time.Second}
+	m := NewMemory(MemoryConfig{Now: clk.Now, Adaptive: a})
+	d := memDestination("recover.test", Rate{N: 10, Per: time.Second}, 1, 0)
+	if err := m.Throttled(context.Background(), d, "421"); err != nil {
+		t.Fatal(err)
+	}
+	reserve(t, m, d, "first")
+	for i := range 100 { // 20s of backlog at the cut rate (5/s)
+		reserve(t, m, d, strconv.Itoa(i))
+	}
+	clk.Add(a.Hold + a.StepEvery) // the factor is back to 1
+	if ok, at := reserve(t, m, d, "0"); !ok {
+		t.Fatalf("job 0 after recovery: held until %v, want granted (its old slot is void)", at)
+	}
+	_, at := reserve(t, m, d, "1")
+	if got := at.Sub(clk.Now()); got != 100*time.Millisecond {
+		t.Fatalf("job 1 after recovery: slot in %v, want 100ms (the full rate)", got)
+	}
+}
+
+func TestAdaptiveEpoch(t *testing.T) {
+	a := Adaptive{Cut: 0.5, Floor: 0.1, Hold: time.Second, Step: 0.25, StepEvery: time.Second}
+	cut := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		after time.Duration
+		want  time.Duration // after the cut
+	}{
+		{0, 0}, {time.Second, 0}, {1999 * time.Millisecond, 0},
+		{2 * time.Second, 2 * time.Second}, {3500 * time.Millisecond, 3 * time.Second},
+		{time.Hour, 3 * time.Second}, // 0.5 -> 0.75 -> 1 in two steps
+	} {
+		if got := a.Epoch(0.5, cut, cut.Add(tc.after)); !got.Equal(cut.Add(tc.want)) {
+			t.Errorf("Epoch %v after the cut = %v after it, want %v", tc.after, got.Sub(cut), tc.want)
+		}
+	}
+	if !a.Epoch(1, cut, cut).IsZero() || !a.Epoch(0.5, time.Time{}, cut).IsZero() {
+		t.Error("Epoch without a cut in force is not zero")
+	}
+}

@@ -26,8 +26,8 @@ import (
 // every key of one destination carries the hash tag {d}, and each script
 // touches one destination's keys only, so Redis Cluster works unchanged.
 //
-//	P:{d}:tat       string: GCRA theoretical arrival time, µs by Redis TIME; expires when idle
-//	P:{d}:r:<job>   string "slot,made": the slot reserved for job and when, µs; expires at slot + ReservationGrace; void after a cut
+//	P:{d}:tat       string "tat,epoch": GCRA theoretical arrival time, µs by Redis TIME, and its rate epoch; expires when idle
+//	P:{d}:r:<job>   string "slot,epoch": the slot reserved for job, µs, and its rate epoch; expires at slot + ReservationGrace; void in another epoch
 //	P:{d}:adapt     hash: f (factor set at the last cut), at (its time, µs), reason; expires once recovered
 //	P:{d}:conn      sorted set: lease id → expiry (ms); expires with its longest lease
 //	P:{d}:meta      hash: name, n, per (ns), burst, conns: the configured limits, for Status; expires after metaTTL
@@ -330,7 +330,7 @@ func (r *Redis) Reserve(ctx context.Context, dest Destination, job string) (ok b
 	}
 	a := r.adaptive
 	args := []any{int64(lim.Rate.Interval()), max(lim.Burst, 1), hasJob, r.grace.Microseconds(),
-		a.Floor, a.Hold.Microseconds(), a.Step, a.StepEvery.Microseconds(), reserveEarly.Microseconds()}
+		a.Floor, a.Hold.Microseconds(), a.Step, a.StepEvery.Microseconds(), reserveEarly.Microseconds(), reserveLate.Microseconds()}
 	args = append(args, r.registration(dest)...)
 	res, err := r.run(ctx, reserveScript, []string{base + ":tat", base + ":adapt", base + ":meta", base + ":r:" + job}, args...)
 	if errors.Is(err, ErrUnavailable) {
@@ -414,7 +414,7 @@ func (r *Redis) Throttled(ctx context.Context, dest Destination, reason string) 
 		reason = strings.ToValidUTF8(reason[:maxReason], "")
 	}
 	a := r.adaptive
-	res, err := r.run(ctx, throttleScript, []string{r.base(dest.Name) + ":adapt", r.base(dest.Name) + ":tat"},
+	res, err := r.run(ctx, throttleScript, []string{r.base(dest.Name) + ":adapt"},
 		a.Cut, a.Floor, a.Debounce.Microseconds(), a.Hold.Microseconds(), a.Step, a.StepEvery.Microseconds(), reason)
 	if errors.Is(err, ErrUnavailable) {
 		r.fbCalls.Add(1)

@@ -3,6 +3,7 @@ package shaping
 import (
 	"context"
 	"errors"
+	"math"
 	"time"
 )
 
@@ -153,3 +154,27 @@ func (a Adaptive) Factor(cutFactor float64, cutAt, now time.Time) float64 {
 // String formats r as the configuration writes it: "50/s", "5000/h",
 // "unlimited".
 func (r Rate) String() string { return describeRate(r) }
+
+// Epoch is the time of the latest change of the rate factor at now: the
+// last cut, or the latest recovery step after it (step k comes Hold +
+// k×StepEvery after the cut; steps after full recovery change nothing). It
+// is zero when no cut is in force. Limiters schedule message slots per
+// epoch: slots reserved under another epoch were spaced for another rate,
+// so they are void and the schedule restarts, which makes a cut, and each
+// recovery step, take effect at once.
+func (a Adaptive) Epoch(cutFactor float64, cutAt, now time.Time) time.Time {
+	if cutAt.IsZero() || cutFactor >= 1 {
+		return time.Time{}
+	}
+	since := now.Sub(cutAt) - a.Hold
+	if since < 0 || a.StepEvery <= 0 || a.Step <= 0 {
+		return cutAt
+	}
+	k := int64(since / a.StepEvery)
+	full := int64(math.Ceil((1 - max(cutFactor, a.Floor)) / a.Step))
+	k = min(k, full)
+	if k <= 0 {
+		return cutAt
+	}
+	return cutAt.Add(a.Hold + time.Duration(k)*a.StepEvery)
+}

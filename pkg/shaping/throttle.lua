@@ -3,8 +3,6 @@
 --
 -- KEYS[1] adaptive state (hash: f = factor set at the cut, at = its time in
 --         µs by Redis TIME, reason)
--- KEYS[2] TAT: reset to now on a cut, so the schedule restarts at the new
---         spacing (reservations made before the cut are void, reserve.lua)
 --
 -- ARGV[1] Cut, ARGV[2] Floor, ARGV[3] Debounce (µs), ARGV[4] Hold (µs),
 -- ARGV[5] Step, ARGV[6] StepEvery (µs), ARGV[7] reason
@@ -41,7 +39,6 @@ end
 -- that throttles again while recovering drops from where it had got to.
 factor = math.max(factor * cut, floor)
 redis.call('HSET', KEYS[1], 'f', string.format('%.17g', factor), 'at', string.format('%.0f', now), 'reason', ARGV[7])
-redis.call('SET', KEYS[2], string.format('%.0f', now), 'PX', 60000)
 
 -- Keep the state until the factor is back to 1 (one spare step against
 -- rounding) and at least for the debounce period; without recovery, keep it.

@@ -254,6 +254,17 @@ func (c *Client) setIdleLocked(key poolKey, idle []*smtpConn) {
 	c.idle[key] = idle
 }
 
+// HasIdle reports whether an idle session to t is waiting in the pool. It
+// is advice, not a claim: another Deliver may take the session first.
+func (c *Client) HasIdle(t Target) bool {
+	if c.cfg.MaxIdlePerHost < 0 {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.idle[keyOf(t)]) > 0
+}
+
 // idleLen returns how many sessions are idle in the pool.
 func (c *Client) idleLen() int {
 	c.mu.Lock()

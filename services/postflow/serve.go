@@ -291,6 +291,7 @@ func (a *app) run(ctx context.Context) error {
 				Heartbeat:       a.cfg.Queue.AckWait / 3,
 				ShutdownTimeout: a.cfg.ShutdownTimeout,
 				PoisonAttempts:  5,
+				LeaseTTL:        connectionLease,
 			}, deps)
 		})
 	}

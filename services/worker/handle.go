@@ -175,9 +175,25 @@ func (w *Worker) attempt(ctx context.Context, job *queuev1.DeliveryJob, rcpts []
 	if err != nil {
 		return fail(err)
 	}
-	// The destination's rate decides first: a job held back costs only
-	// this lookup, not the signing and envelope work below.
+	// The destination's limits decide first: a job held back costs only
+	// these lookups, not the signing and envelope work below. A
+	// connection comes before a rate slot, so that a slot is claimed
+	// only when the message can go at once.
 	dest := w.destination(job.GetDomain(), targets)
+	dctx := shaping.WithDestination(ctx, dest)
+	lease, ok, err := w.connection(ctx, dest, targets[0])
+	if err != nil {
+		return fail(deliveryerr.Temporary(451, "4.3.0", "connection limiter unavailable", err))
+	}
+	if !ok {
+		telemetry.Held(ctx, "connections")
+		return nil, w.now().Add(jitter(w.cfg.BusyDelay))
+	}
+	if lease != nil {
+		var held *shaping.HeldLease
+		dctx, held = shaping.WithLease(dctx, lease)
+		defer held.ReleaseUnused(context.WithoutCancel(ctx))
+	}
 	key := job.GetMessageId() + "." + job.GetDomain()
 	ok, at, err := w.limit.Reserve(ctx, dest, key)
 	if err != nil {
@@ -219,7 +235,6 @@ func (w *Worker) attempt(ctx context.Context, job *queuev1.DeliveryJob, rcpts []
 	if n := dest.Limits.RecipientsPerTransaction; n > 0 && n < chunk {
 		chunk = n
 	}
-	dctx := shaping.WithDestination(ctx, dest)
 	all := env.To
 	for lo := 0; lo < len(all); lo += chunk {
 		env.To = all[lo:min(lo+chunk, len(all))]

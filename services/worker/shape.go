@@ -28,6 +28,29 @@ func (w *Worker) destination(domain string, targets []smtpout.Target) shaping.De
 	return w.shape.Match(domain, hosts)
 }
 
+// connection makes sure a job to dest can have a connection at once: an
+// idle pooled session to its first target, or a connection slot leased
+// here, which the dialer then uses (see shaping.WithLease). When every slot
+// is held it waits as connGate describes, and reports false if none came
+// free. Unlimited destinations need neither.
+func (w *Worker) connection(ctx context.Context, dest shaping.Destination, t smtpout.Target) (shaping.Lease, bool, error) {
+	if dest.Limits.Connections <= 0 || w.sender.HasIdle(t) {
+		return nil, true, nil
+	}
+	for {
+		lease, ok, err := w.limit.Acquire(ctx, dest, w.cfg.LeaseTTL)
+		if err != nil || ok {
+			return lease, ok, err
+		}
+		if !w.gate.wait(ctx, dest.Name, dest.Limits.Connections, w.cfg.BusyDelay) {
+			return nil, false, nil
+		}
+		if w.sender.HasIdle(t) {
+			return nil, true, nil
+		}
+	}
+}
+
 // busy reports an attempt that reached no server because every connection
 // slot of the destination was held: nothing was tried, so the job waits
 // instead of counting an attempt.

@@ -52,6 +52,9 @@ type Config struct {
 	// freed, how long it goes back to the queue (default 250ms, jittered
 	// ±20%): about one SMTP transaction, after which a slot is likely free.
 	BusyDelay time.Duration
+	// LeaseTTL is how long a connection slot is held without renewal; it
+	// must match the sender's shaping.LeasedDialer (default 30s).
+	LeaseTTL time.Duration
 }
 
 // router resolves a recipient domain to its MX targets, and a smarthost's
@@ -70,6 +73,8 @@ type stsPolicies interface {
 // sender runs one SMTP delivery attempt.
 type sender interface {
 	Deliver(ctx context.Context, targets []smtpout.Target, env smtpout.Envelope, body []byte) smtpout.Result
+	// HasIdle reports an idle pooled session to t (advice only).
+	HasIdle(t smtpout.Target) bool
 }
 
 // signer adds DKIM signatures; Sign returns the message unchanged when no
@@ -134,6 +139,9 @@ func New(cfg Config, deps Deps) *Worker {
 	}
 	if cfg.BusyDelay <= 0 {
 		cfg.BusyDelay = 250 * time.Millisecond
+	}
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = 30 * time.Second
 	}
 	return &Worker{
 		cfg:    cfg,
