@@ -143,13 +143,15 @@ destinations:
 		}
 		return time.Since(start)
 	}
-	idle := timeRun("idle")
+	// Best of two runs each: other test binaries share the two cores, and
+	// one descheduled second would decide the comparison.
+	idle := min(timeRun("idle1"), timeRun("idle2"))
 
 	s.sendMany(t, "slow", "slow.test", backlog)
 	c, _ := s.stream.Consumer(context.Background(), queue.OutboundStream, queue.WorkerConsumer)
 	ci, _ := c.Info(context.Background())
 	t.Logf("after the backlog was queued: %d jobs not yet fetched, %d fetched", ci.NumPending, ci.Delivered.Consumer)
-	busy := timeRun("busy")
+	busy := min(timeRun("busy1"), timeRun("busy2"))
 	t.Logf("1,000 messages: %v on an idle system, %v with %d throttled jobs queued", idle, busy, backlog)
 	if busy > 2*idle {
 		t.Errorf("with the throttled backlog queued the unlimited domain took %v, more than twice the idle %v", busy, idle)
