@@ -292,6 +292,7 @@ func (a *app) run(ctx context.Context) error {
 				ShutdownTimeout: a.cfg.ShutdownTimeout,
 				PoisonAttempts:  5,
 				LeaseTTL:        connectionLease,
+				MaxDeliver:      a.cfg.Queue.MaxDeliver,
 			}, deps)
 		})
 	}

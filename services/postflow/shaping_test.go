@@ -456,3 +456,58 @@ destinations:
 		t.Fatalf("postflow shaping status printed:\n%s", out.String())
 	}
 }
+
+// TestJobsAreNotStrandedByMaxDeliver: every hand-back (shaping holds,
+// deferrals) is a JetStream delivery, and a job that used up the
+// consumer's MaxDeliver would stay in the stream, never delivered again.
+// With MaxDeliver 3 and a receiver that defers each recipient three times,
+// every job needs more deliveries than that; the worker requeues a job one
+// delivery short of the bound, and every message is delivered exactly
+// once.
+func TestJobsAreNotStrandedByMaxDeliver(t *testing.T) {
+	const n = 12
+	s := startStack(t, testenv.SinkScript{Rcpt: func(_ string, tries int) *smtp.SMTPError {
+		if tries < 3 {
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "greylisted"}
+		}
+		return nil
+	}}, func(c *serveConfig) { c.Queue.MaxDeliver = 3 })
+	s.sendMany(t, "md", "example.test", n)
+	if !eventually(30*time.Second, func() bool { return countTo(s.sink, "example.test") >= n }) {
+		t.Fatalf("sink received %d of %d: jobs stranded at MaxDeliver", countTo(s.sink, "example.test"), n)
+	}
+	s.waitQueueEmpty(10 * time.Second)
+	if lost, dup, phantom := s.oracle(t, "md", n); lost+dup+phantom != 0 {
+		t.Fatalf("lost %d, duplicated %d, phantom %d", lost, dup, phantom)
+	}
+}
+
+// TestScarceConnectionsAreNotPolled: three workers share one connection
+// to a 5/s destination. A job that finds the connection held waits for a
+// rate slot rather than polling, so the consumer hands out jobs at no
+// more than twice the destination's rate.
+func TestScarceConnectionsAreNotPolled(t *testing.T) {
+	const rate = 5
+	redis := testenv.StartRedis(t)
+	s := startStack(t, testenv.SinkScript{}, withShaping(t, `
+defaults: {rate: unlimited}
+destinations:
+  - {name: scarce, domains: [example.test], rate: "5/s", connections: 1}
+`), func(c *serveConfig) { c.Roles = []string{"api"} })
+	s.startWorkers(3, redis.Addr)
+	s.sendMany(t, "sc", "example.test", 300)
+	const window = 4 * time.Second
+	if !eventually(30*time.Second, func() bool {
+		d0, sent0 := s.deliveries(t), countTo(s.sink, "example.test")
+		time.Sleep(window) //nolint:forbidigo // a measurement window, not a wait for a condition
+		fetched := float64(s.deliveries(t)-d0) / window.Seconds()
+		sent := float64(countTo(s.sink, "example.test")-sent0) / window.Seconds()
+		t.Logf("%.1f fetches/s, %.1f sends/s", fetched, sent)
+		return fetched <= 2*rate && sent <= rate*1.1 && sent > 0
+	}) {
+		t.Fatalf("jobs for a destination short of connections are fetched more than %d times a second", 2*rate)
+	}
+	if got := s.sink.MaxConcurrentSessions(); got > 1 {
+		t.Errorf("%d sessions open at once, limit 1", got)
+	}
+}

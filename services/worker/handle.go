@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/codes"
 	"google.golang.org/protobuf/proto"
@@ -55,8 +56,18 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	// deliveries counts every time JetStream handed this job out,
 	// throttled hand-backs included; attempt numbers come from EVENTS.
 	deliveries := int32(1)
+	var streamSeq uint64
 	if meta, err := msg.Metadata(); err == nil {
 		deliveries = int32(min(meta.NumDelivered, 1<<30))
+		streamSeq = meta.Sequence.Stream
+	}
+	if w.cfg.MaxDeliver > 0 && deliveries > 1 && int(deliveries) >= w.cfg.MaxDeliver-1 {
+		// Near the consumer's MaxDeliver, JetStream would stop handing
+		// the job out and leave it in the stream. Jobs held back by
+		// shaping count deliveries without attempts, so a job may get
+		// here long before its max age: it goes back as a fresh copy.
+		w.requeue(ctx, msg, streamSeq)
+		return
 	}
 	attempt := int32(1)
 	ctx = queue.ExtractTrace(ctx, msg.Headers())
@@ -139,6 +150,27 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 }
 
+// requeue publishes a copy of msg, which JetStream counts as new, and acks
+// msg once the copy is stored. The copy's Nats-Msg-Id is the job's with the
+// original's stream sequence appended, unique per requeue; the job's
+// events, reservation and attempt count are keyed by message id, so the
+// copy carries on where msg left off. If the copy cannot be stored, msg is
+// handed back to try again (one delivery of margin remains).
+func (w *Worker) requeue(ctx context.Context, msg jetstream.Msg, streamSeq uint64) {
+	cp := nats.NewMsg(msg.Subject())
+	cp.Data = msg.Data()
+	for k, v := range msg.Headers() {
+		cp.Header[k] = v
+	}
+	cp.Header.Set(jetstream.MsgIDHeader, msg.Headers().Get(jetstream.MsgIDHeader)+".requeue."+strconv.FormatUint(streamSeq, 10))
+	if err := w.pub.Publish(ctx, cp); err != nil {
+		w.log.WarnContext(ctx, "worker: requeue before max deliveries", slog.String("subject", msg.Subject()), slog.Any("error", err))
+		_ = msg.NakWithDelay(w.cfg.Retry.Min / 10)
+		return
+	}
+	_ = msg.Ack()
+}
+
 // pending returns the job's recipients that have no final state yet, and
 // the number of the latest attempt recorded for any of them.
 func (w *Worker) pending(ctx context.Context, job *queuev1.DeliveryJob) (last int32, out []*queuev1.JobRecipient, err error) {
@@ -185,7 +217,16 @@ func (w *Worker) attempt(ctx context.Context, job *queuev1.DeliveryJob, rcpts []
 	if err != nil {
 		return fail(deliveryerr.Temporary(451, "4.3.0", "connection limiter unavailable", err))
 	}
+	key := job.GetMessageId() + "." + job.GetDomain()
 	if !ok {
+		// No connection now. Waiting for a rate slot instead of polling
+		// keeps a destination that is short of connections (a few shared
+		// by many workers) fetched no faster than its rate; the slot is
+		// given up if there is still no connection then.
+		if ok, at, err := w.limit.Reserve(ctx, dest, key); err == nil && !ok {
+			telemetry.Held(ctx, "rate")
+			return nil, at
+		}
 		telemetry.Held(ctx, "connections")
 		return nil, w.now().Add(jitter(w.cfg.BusyDelay))
 	}
@@ -194,7 +235,6 @@ func (w *Worker) attempt(ctx context.Context, job *queuev1.DeliveryJob, rcpts []
 		dctx, held = shaping.WithLease(dctx, lease)
 		defer held.ReleaseUnused(context.WithoutCancel(ctx))
 	}
-	key := job.GetMessageId() + "." + job.GetDomain()
 	ok, at, err := w.limit.Reserve(ctx, dest, key)
 	if err != nil {
 		return fail(deliveryerr.Temporary(451, "4.3.0", "rate limiter unavailable", err))

@@ -52,6 +52,9 @@ type Config struct {
 	// freed, how long it goes back to the queue (default 250ms, jittered
 	// ±20%): about one SMTP transaction, after which a slot is likely free.
 	BusyDelay time.Duration
+	// MaxDeliver is the consumer's MaxDeliver: a job one delivery short of
+	// it is requeued as a fresh copy. Zero or less: no bound.
+	MaxDeliver int
 	// LeaseTTL is how long a connection slot is held without renewal; it
 	// must match the sender's shaping.LeasedDialer (default 30s).
 	LeaseTTL time.Duration
@@ -124,6 +127,7 @@ type Worker struct {
 	limit  shaping.Limiter
 	gate   connGate
 	sign   signer
+	pub    *queue.Publisher
 	events *eventlog.Writer
 	reader *eventlog.Reader
 	log    *slog.Logger
@@ -152,6 +156,7 @@ func New(cfg Config, deps Deps) *Worker {
 		shape:  deps.Shaping,
 		limit:  deps.Limiter,
 		sign:   deps.Signer,
+		pub:    queue.NewPublisher(deps.JS),
 		events: eventlog.NewWriter(queue.NewPublisher(deps.JS)),
 		reader: eventlog.NewReader(deps.JS),
 		log:    deps.Logger,
