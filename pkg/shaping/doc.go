@@ -38,8 +38,11 @@
 // one round trip per decision. Memory runs the same algorithm in process:
 // it is the embedded single-process default, and the fallback a worker
 // applies, with the limits divided among the live workers, while Redis is
-// unreachable, so that an outage never means no limit. Local is the older
-// in-process limiter still used by the worker until it moves to Limiter.
+// unreachable, so that an outage never means no limit.
+//
+// Slots are scheduled per rate epoch (Adaptive.Epoch): a cut or a recovery
+// step starts a new one, voiding the slots reserved under the old rate, so
+// that every change of rate applies at once.
 //
 // # Configuration file
 //
