@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"slices"
 	"strconv"
@@ -23,6 +24,7 @@ import (
 type Config struct {
 	defaults Limits
 	adaptive Adaptive
+	tenants  map[string]Destination
 	rules    []Rule
 	exact    map[string]int // domain → index in rules
 	suffix   map[string]int // ".example.net" → index in rules
@@ -105,6 +107,55 @@ func (s *adaptiveSpec) adaptive() (Adaptive, []error) {
 		errs = append(errs, errors.New("adaptive: step_every must be positive"))
 	}
 	return a, errs
+}
+
+// tenantSpec is one tenant's overall limit.
+type tenantSpec struct {
+	Rate  *string `yaml:"rate"`
+	Burst *int    `yaml:"burst"`
+}
+
+// TenantPrefix starts the destination name under which a tenant's overall
+// rate is kept; no rule name can start with it.
+const TenantPrefix = "tenant:"
+
+// Tenant returns the destination that carries tenant's overall send rate,
+// across all its recipient domains, and whether the tenant has one.
+func (c *Config) Tenant(tenant string) (Destination, bool) {
+	d, ok := c.tenants[tenant]
+	return d, ok
+}
+
+// tenantLimits validates the tenants block.
+func tenantLimits(specs map[string]tenantSpec) (map[string]Destination, []error) {
+	var errs []error
+	out := map[string]Destination{}
+	for name, t := range specs {
+		where := "tenants." + name
+		if err := checkRuleName(name); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", where, err))
+			continue
+		}
+		if t.Rate == nil {
+			errs = append(errs, fmt.Errorf("%s: rate is required", where))
+			continue
+		}
+		r, err := parseRate(*t.Rate)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", where, err))
+			continue
+		}
+		lim := Limits{Rate: r, Burst: 1}
+		if t.Burst != nil {
+			if *t.Burst < 0 {
+				errs = append(errs, fmt.Errorf("%s: burst %d is negative", where, *t.Burst))
+				continue
+			}
+			lim.Burst = max(*t.Burst, 1)
+		}
+		out[name] = Destination{Name: TenantPrefix + name, Limits: lim}
+	}
+	return out, errs
 }
 
 // Defaults returns the limits of a domain no rule matches.
@@ -247,6 +298,11 @@ func (c *Config) Describe() []string {
 		fmt.Sprintf("adaptive: a throttling reply multiplies the rate by %g (not below %g, at most once per %v); after %v it recovers by %g every %v",
 			a.Cut, a.Floor, a.Debounce, a.Hold, a.Step, a.StepEvery),
 	}
+	tenants := slices.Sorted(maps.Keys(c.tenants))
+	for _, name := range tenants {
+		d := c.tenants[name]
+		lines = append(lines, fmt.Sprintf("tenant %s: overall rate %s, burst %d", name, describeRate(d.Limits.Rate), d.Limits.Burst))
+	}
 	for i, r := range c.rules {
 		var match []string
 		if len(r.Domains) > 0 {
@@ -336,10 +392,11 @@ func describeRate(r Rate) string {
 // shapingDoc is a shaping file.
 type shapingDoc struct {
 	// Builtin false leaves out the shipped provider destinations.
-	Builtin      *bool         `yaml:"builtin"`
-	Adaptive     *adaptiveSpec `yaml:"adaptive"`
-	Defaults     limitsSpec    `yaml:"defaults"`
-	Destinations []destSpec    `yaml:"destinations"`
+	Builtin      *bool                 `yaml:"builtin"`
+	Adaptive     *adaptiveSpec         `yaml:"adaptive"`
+	Tenants      map[string]tenantSpec `yaml:"tenants"`
+	Defaults     limitsSpec            `yaml:"defaults"`
+	Destinations []destSpec            `yaml:"destinations"`
 }
 
 // limitsSpec holds the optional limit keys; nil means not set.
@@ -460,7 +517,7 @@ func Load(path string) (*Config, error) {
 // once, joined, each naming destinations[i]. An empty document is Builtin.
 func Parse(b []byte) (*Config, error) {
 	d, decodeErr := decodeShapingDoc(b)
-	if decodeErr != nil && d.Destinations == nil && d.Defaults == (limitsSpec{}) && d.Builtin == nil && d.Adaptive == nil {
+	if decodeErr != nil && d.Destinations == nil && d.Defaults == (limitsSpec{}) && d.Builtin == nil && d.Adaptive == nil && d.Tenants == nil {
 		return nil, decodeErr // nothing decoded to validate
 	}
 	bd, _ := builtinShapingDoc()
@@ -474,10 +531,11 @@ func Parse(b []byte) (*Config, error) {
 	}
 	c, err := buildConfig(bd.Defaults.over(d.Defaults), d.Destinations, builtin)
 	a, aerrs := d.Adaptive.adaptive()
-	if err = errors.Join(append([]error{decodeErr, err}, aerrs...)...); err != nil {
+	tenants, terrs := tenantLimits(d.Tenants)
+	if err = errors.Join(append(append([]error{decodeErr, err}, aerrs...), terrs...)...); err != nil {
 		return nil, err
 	}
-	c.adaptive = a
+	c.adaptive, c.tenants = a, tenants
 	return c, nil
 }
 
@@ -508,7 +566,8 @@ func decodeShapingDoc(b []byte) (shapingDoc, error) {
 // shapingKeyNames rewrites the decoder's type names into the keys a reader can
 // use.
 var shapingKeyNames = strings.NewReplacer(
-	"not found in type shaping.shapingDoc", "is not a top-level key (builtin, adaptive, defaults, destinations)",
+	"not found in type shaping.shapingDoc", "is not a top-level key (builtin, adaptive, tenants, defaults, destinations)",
+	"not found in type shaping.tenantSpec", "is not a tenant key (rate, burst)",
 	"not found in type shaping.adaptiveSpec", "is not an adaptive key (cut, floor, debounce, hold, step, step_every)",
 	"not found in type shaping.limitsSpec", "is not a defaults key (rate, burst, connections, messages_per_connection, recipients_per_transaction)",
 	"not found in type shaping.destSpec", "is not a destination key (name, domains, mx_suffixes, rate, burst, connections, messages_per_connection, recipients_per_transaction)",

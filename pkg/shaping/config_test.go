@@ -470,3 +470,26 @@ func TestAdaptiveBlock(t *testing.T) {
 		}
 	}
 }
+
+func TestTenantRates(t *testing.T) {
+	c, err := Parse([]byte("tenants:\n  default: {rate: \"500/s\"}\n  bulk: {rate: \"100/m\", burst: 5}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, ok := c.Tenant("bulk")
+	if !ok || d.Name != "tenant:bulk" || d.Limits.Rate != (Rate{N: 100, Per: time.Minute}) || d.Limits.Burst != 5 {
+		t.Fatalf("Tenant(bulk) = %+v, %v", d, ok)
+	}
+	if _, ok := c.Tenant("other"); ok {
+		t.Fatal("a tenant without a rate has one")
+	}
+	if got := strings.Join(c.Describe(), "\n"); !strings.Contains(got, "tenant bulk: overall rate 100/m, burst 5") || !strings.Contains(got, "tenant default: overall rate 500/s, burst 1") {
+		t.Fatalf("Describe lacks the tenants:\n%s", got)
+	}
+	_, err = Parse([]byte("tenants:\n  Bad: {rate: \"1/s\"}\n  norate: {burst: 2}\n  badrate: {rate: fast}\n"))
+	for _, w := range []string{"tenants.Bad", "tenants.norate: rate is required", "tenants.badrate"} {
+		if err == nil || !strings.Contains(err.Error(), w) {
+			t.Errorf("error %v lacks %q", err, w)
+		}
+	}
+}

@@ -512,3 +512,29 @@ destinations:
 		t.Errorf("%d sessions open at once, limit 1", got)
 	}
 }
+
+// TestTenantRateAcrossDestinations: a tenant's overall rate holds across
+// all its recipient domains, each of them unlimited on its own.
+func TestTenantRateAcrossDestinations(t *testing.T) {
+	const rate = 10
+	s := startStack(t, testenv.SinkScript{}, withShaping(t, `
+defaults: {rate: unlimited}
+tenants:
+  default: {rate: "10/s"}
+`))
+	s.sendMany(t, "ta", "example.test", 30)
+	s.sendMany(t, "tb", "other.test", 30)
+	if !eventually(30*time.Second, func() bool { return len(s.sink.Messages()) >= 60 }) {
+		t.Fatalf("sink received %d of 60", len(s.sink.Messages()))
+	}
+	var all []time.Time
+	for _, m := range s.sink.Messages() {
+		all = append(all, m.Received)
+	}
+	slices.SortFunc(all, func(a, b time.Time) int { return a.Compare(b) })
+	most := maxInWindow(all, time.Second, all[len(all)-1])
+	t.Logf("60 messages to two domains in %v; at most %d in any 1s window", all[len(all)-1].Sub(all[0]), most)
+	if most > rate*11/10+1 {
+		t.Errorf("%d messages within one second, tenant limit %d/s", most, rate)
+	}
+}

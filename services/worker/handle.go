@@ -212,12 +212,15 @@ func (w *Worker) attempt(ctx context.Context, job *queuev1.DeliveryJob, rcpts []
 	// connection comes before a rate slot, so that a slot is claimed
 	// only when the message can go at once.
 	dest := w.destination(job.GetDomain(), targets)
+	key := job.GetMessageId() + "." + job.GetDomain()
+	if later, held := w.tenantHeld(ctx, job.GetTenant(), key); held {
+		return nil, later
+	}
 	dctx := shaping.WithDestination(ctx, dest)
 	lease, ok, err := w.connection(ctx, dest, targets[0])
 	if err != nil {
 		return fail(deliveryerr.Temporary(451, "4.3.0", "connection limiter unavailable", err))
 	}
-	key := job.GetMessageId() + "." + job.GetDomain()
 	if !ok {
 		// No connection now. Waiting for a rate slot instead of polling
 		// keeps a destination that is short of connections (a few shared

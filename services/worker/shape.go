@@ -11,6 +11,7 @@ import (
 	"github.com/postflow/postflow/pkg/bounceclass"
 	"github.com/postflow/postflow/pkg/shaping"
 	"github.com/postflow/postflow/pkg/smtpout"
+	"github.com/postflow/postflow/pkg/telemetry"
 )
 
 // destination returns the shaping destination of a job: the rule matching
@@ -26,6 +27,28 @@ func (w *Worker) destination(domain string, targets []smtpout.Target) shaping.De
 		}
 	}
 	return w.shape.Match(domain, hosts)
+}
+
+// tenantHeld applies the tenant's overall send rate, if it has one: it
+// reports true, with the reserved slot, when the job must wait. The
+// tenant's slot is taken before the destination's, so a job then held by
+// its destination has used a tenant slot too: under throttling the tenant
+// rate errs on the slow side.
+func (w *Worker) tenantHeld(ctx context.Context, tenant, key string) (time.Time, bool) {
+	if w.shape == nil {
+		return time.Time{}, false
+	}
+	td, ok := w.shape.Tenant(tenant)
+	if !ok {
+		return time.Time{}, false
+	}
+	granted, at, err := w.limit.Reserve(ctx, td, key)
+	if err != nil || granted {
+		// A limiter error is the destination check's to report.
+		return time.Time{}, false
+	}
+	telemetry.Held(ctx, "tenant")
+	return at, true
 }
 
 // connection makes sure a job to dest can have a connection at once: an

@@ -89,6 +89,8 @@ type signer interface {
 // destinations groups recipient domains into shaping destinations.
 type destinations interface {
 	Match(domain string, mxHosts []string) shaping.Destination
+	// Tenant returns the destination carrying tenant's overall rate.
+	Tenant(tenant string) (shaping.Destination, bool)
 }
 
 // Deps are the worker's collaborators.
