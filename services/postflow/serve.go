@@ -57,6 +57,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string) (err 
 		for _, line := range cfg.routes.Describe() {
 			log.Info("route: " + line)
 		}
+		for _, line := range cfg.shaping.Describe() {
+			log.Info("shaping: " + line)
+		}
 		return nil
 	}
 
