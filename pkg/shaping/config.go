@@ -173,6 +173,22 @@ func (c *Config) Rules() []Rule {
 	return out
 }
 
+// WithExact returns a copy of c in which domain (matched exactly) is the
+// destination rule r, ahead of every other rule; c is unchanged. postflow
+// uses it to leave its own mailbox simulator unshaped.
+func (c *Config) WithExact(domain string, r Rule) *Config {
+	cp := *c
+	cp.rules = append(slices.Clone(c.rules), r)
+	cp.exact = maps.Clone(c.exact)
+	if cp.exact == nil {
+		cp.exact = map[string]int{}
+	}
+	r.Domains = []string{normHost(domain)}
+	cp.rules[len(cp.rules)-1] = r
+	cp.exact[normHost(domain)] = len(cp.rules) - 1
+	return &cp
+}
+
 // Match returns the destination of a recipient domain whose MX hosts (or
 // whichever hosts the mail goes to) are mxHosts. Names are compared case
 // insensitively and without a trailing dot.

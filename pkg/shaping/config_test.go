@@ -493,3 +493,17 @@ func TestTenantRates(t *testing.T) {
 		}
 	}
 }
+
+func TestWithExact(t *testing.T) {
+	base := Builtin()
+	c := base.WithExact("Sim.Example.", Rule{Name: "simulator"})
+	if d := c.Match("sim.example", []string{"mx.google.com"}); d.Name != "simulator" || !d.Limits.Rate.Unlimited() || d.Limits.Connections != 0 {
+		t.Fatalf("Match(sim.example) = %+v, want the unlimited simulator rule", d)
+	}
+	if d := base.Match("sim.example", []string{"mx.google.com"}); d.Name != "google" {
+		t.Fatalf("the original changed: Match(sim.example) = %+v", d)
+	}
+	if d := c.Match("gmail.com", []string{"gmail-smtp-in.l.google.com"}); d.Name != "google" {
+		t.Fatalf("other rules lost: %+v", d)
+	}
+}

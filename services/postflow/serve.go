@@ -201,6 +201,10 @@ func startEmbeddedNATS(cfg serveConfig) (*server.Server, error) {
 // order: intake first (api), then delivery (worker drains), then NATS.
 func (a *app) run(ctx context.Context) error {
 	defer a.close()
+	if a.sim != nil {
+		// The simulator is ours, on loopback: no limits.
+		a.cfg.shaping = a.cfg.shaping.WithExact(simulator.Domain, shaping.Rule{Name: "simulator"})
+	}
 	// One limiter and one resolver per process, shared by its roles: the
 	// api role reports the limiter's state (ShapingService).
 	lim, closeLimiter, err := a.limiter()
