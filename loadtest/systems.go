@@ -93,7 +93,15 @@ func startPostflow(ctx context.Context, bin *binaries, workDir string, o postflo
 	httpPort, _ := freePort()
 	s.grpcAddr = fmt.Sprintf("127.0.0.1:%d", grpcPort)
 	s.httpAddr = fmt.Sprintf("127.0.0.1:%d", httpPort)
-	args := []string{"serve",
+	// The receiver is our own sink, and the comparison is with peers that
+	// have no rate limits by default: shaping keeps only a connection cap
+	// per destination, Postfix's default_destination_concurrency_limit.
+	shapingPath := filepath.Join(workDir, "shaping.yaml")
+	if err := os.WriteFile(shapingPath, []byte("builtin: false\ndefaults: {rate: unlimited, connections: 20}\n"), 0o644); err != nil {
+		_ = s.stop()
+		return nil, err
+	}
+	args := []string{"serve", "--shaping", shapingPath,
 		"--roles=api,worker", "--nats-url", s.natsURL,
 		"--grpc-addr", s.grpcAddr, "--http-addr", s.httpAddr,
 		"--dns-server", o.dnsAddr, "--smtp-port", strconv.Itoa(o.sinkPort),
