@@ -92,7 +92,37 @@ func (w *Writer) Write(ctx context.Context, evs ...*postflowv1.Event) error {
 	if err != nil {
 		return err
 	}
-	return w.pub.Publish(ctx, msgs...)
+	bounces, err := BounceMsgs(evs...)
+	if err != nil {
+		return err
+	}
+	return w.pub.Publish(ctx, append(msgs, bounces...)...)
+}
+
+// BounceMsgs encodes the events that end a recipient in failure (bounced,
+// expired) as records for the BOUNCES stream, in the same batch as their
+// events. The Nats-Msg-Id derives from the event's id, which is the same
+// for every redelivery of the attempt, so a worker that dies between
+// publishing and acking cannot make two records (TESTPLAN A10) as long as
+// the redelivery comes within the stream's Duplicates window.
+func BounceMsgs(evs ...*postflowv1.Event) ([]*nats.Msg, error) {
+	var msgs []*nats.Msg
+	for _, ev := range evs {
+		switch ev.GetState() {
+		case postflowv1.RecipientState_RECIPIENT_STATE_BOUNCED, postflowv1.RecipientState_RECIPIENT_STATE_EXPIRED:
+		default:
+			continue
+		}
+		data, err := proto.Marshal(ev)
+		if err != nil {
+			return nil, fmt.Errorf("eventlog: marshal: %w", err)
+		}
+		m := nats.NewMsg(queue.BounceSubject(ev.GetTenant()))
+		m.Data = data
+		m.Header.Set(jetstream.MsgIDHeader, "bounce."+ev.GetEventId())
+		msgs = append(msgs, m)
+	}
+	return msgs, nil
 }
 
 // Msgs encodes events as NATS messages for the EVENTS stream, each with its

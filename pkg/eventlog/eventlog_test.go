@@ -368,6 +368,13 @@ func TestSummarize(t *testing.T) {
 // Writer, a Reader and the EVENTS stream.
 func startEvents(t *testing.T) (context.Context, *eventlog.Writer, *eventlog.Reader, jetstream.Stream) {
 	t.Helper()
+	ctx, w, r, st, _ := startEventsJS(t)
+	return ctx, w, r, st
+}
+
+// startEventsJS is startEvents that also returns the JetStream handle.
+func startEventsJS(t *testing.T) (context.Context, *eventlog.Writer, *eventlog.Reader, jetstream.Stream, jetstream.JetStream) {
+	t.Helper()
 	srv := testenv.StartJetStream(t)
 	js, err := jetstream.New(srv.Connect(t))
 	if err != nil {
@@ -382,7 +389,7 @@ func startEvents(t *testing.T) (context.Context, *eventlog.Writer, *eventlog.Rea
 	if err != nil {
 		t.Fatalf("Stream(%s): %v", queue.EventsStream, err)
 	}
-	return ctx, eventlog.NewWriter(queue.NewPublisher(js)), eventlog.NewReader(js), st
+	return ctx, eventlog.NewWriter(queue.NewPublisher(js)), eventlog.NewReader(js), st, js
 }
 
 // msgEvent builds an event of recipient index of messageID.
@@ -565,5 +572,46 @@ func TestIsFinalLooksPastALateQueuedEvent(t *testing.T) {
 		if err != nil || got != tc.want {
 			t.Errorf("%s: IsFinal = %v, %v; want %v", tc.name, got, err, tc.want)
 		}
+	}
+}
+
+// TestWriterRecordsOneBouncePerFailure: bounced and expired events also go
+// to BOUNCES, once, however often the same attempt is written again (a
+// worker dying between publishing and acking, TESTPLAN A10); other states
+// do not.
+func TestWriterRecordsOneBouncePerFailure(t *testing.T) {
+	t.Parallel()
+	ctx, w, _, _, js := startEventsJS(t)
+	const msgID = "bbbbbbbbbbbbbbbbbbbbbbbb"
+	bounced := postflowv1.RecipientState_RECIPIENT_STATE_BOUNCED
+	expired := postflowv1.RecipientState_RECIPIENT_STATE_EXPIRED
+	batch := []*postflowv1.Event{
+		msgEvent(msgID, 0, bounced, 1),
+		msgEvent(msgID, 1, expired, 3),
+		msgEvent(msgID, 2, deferred, 1),
+	}
+	for range 3 {
+		if err := w.Write(ctx, batch...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := js.Stream(ctx, queue.BouncesStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := b.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 2 {
+		t.Fatalf("BOUNCES holds %d records after writing the batch three times, want 2 (the bounced and the expired)", info.State.Msgs)
+	}
+	raw, err := b.GetLastMsgForSubject(ctx, queue.BounceSubject("acme"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ev postflowv1.Event
+	if err := proto.Unmarshal(raw.Data, &ev); err != nil || ev.GetState() != expired || ev.GetRecipientId() != eventlog.RecipientID(msgID, 1) {
+		t.Fatalf("last bounce record = %v, %v; want the expired recipient's event", &ev, err)
 	}
 }

@@ -22,6 +22,8 @@ import (
 const (
 	OutboundStream = "OUTBOUND"
 	EventsStream   = "EVENTS"
+	// BouncesStream holds one record per permanently failed recipient.
+	BouncesStream = "BOUNCES"
 	// WorkerConsumer is the durable pull consumer every worker shares.
 	WorkerConsumer = "workers"
 )
@@ -34,6 +36,7 @@ const (
 	// OutboundPrefix + "<tenant>.<domain>".
 	OutboundPrefix = "postflow.outbound."
 	eventsPrefix   = "postflow.events."
+	bouncesPrefix  = "postflow.bounces."
 )
 
 // OutboundSubject is the subject of a delivery job for one recipient domain.
@@ -41,6 +44,11 @@ const (
 // prefix ("postflow.outbound.<tenant>.>").
 func OutboundSubject(tenant, domain string) string {
 	return OutboundPrefix + tenant + "." + domain
+}
+
+// BounceSubject is the subject of a tenant's bounce records.
+func BounceSubject(tenant string) string {
+	return bouncesPrefix + tenant
 }
 
 // EventSubject is the subject of one recipient's events.
@@ -135,6 +143,22 @@ func (c Config) EventsConfig() jetstream.StreamConfig {
 	}
 }
 
+// BouncesConfig is the BOUNCES stream definition (DESIGN §4): one record per
+// permanently failed recipient, kept as long as status.
+func (c Config) BouncesConfig() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        BouncesStream,
+		Description: "Postflow bounce records: permanent failures and expiries, one per recipient",
+		Subjects:    []string{bouncesPrefix + ">"},
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardOld,
+		MaxAge:      c.EventsMaxAge,
+		Storage:     jetstream.FileStorage,
+		Replicas:    c.Replicas,
+		Duplicates:  c.Duplicates,
+	}
+}
+
 // WorkerConsumerConfig is the shared durable pull consumer on OUTBOUND.
 func (c Config) WorkerConsumerConfig() jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
@@ -173,7 +197,7 @@ func (c Config) Validate() error {
 // Ensure creates or updates the streams and the worker consumer. It is safe
 // to call concurrently from several processes.
 func Ensure(ctx context.Context, js jetstream.JetStream, c Config) error {
-	for _, sc := range []jetstream.StreamConfig{c.OutboundConfig(), c.EventsConfig()} {
+	for _, sc := range []jetstream.StreamConfig{c.OutboundConfig(), c.EventsConfig(), c.BouncesConfig()} {
 		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
 			return fmt.Errorf("queue: ensure stream %s: %w", sc.Name, err)
 		}

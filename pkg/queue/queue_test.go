@@ -249,8 +249,15 @@ func TestEnsureIdempotent(t *testing.T) {
 	for name := range js.StreamNames(ctx).Name() {
 		names[name] = true
 	}
-	if len(names) != 2 || !names[queue.OutboundStream] || !names[queue.EventsStream] {
-		t.Errorf("streams after Ensure twice = %v, want exactly %s and %s", names, queue.OutboundStream, queue.EventsStream)
+	if len(names) != 3 || !names[queue.OutboundStream] || !names[queue.EventsStream] || !names[queue.BouncesStream] {
+		t.Errorf("streams after Ensure twice = %v, want exactly %s, %s and %s", names, queue.OutboundStream, queue.EventsStream, queue.BouncesStream)
+	}
+	bst, err := js.Stream(ctx, queue.BouncesStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bc := bst.CachedInfo().Config; bc.Retention != jetstream.LimitsPolicy || bc.MaxAge != cfg.EventsMaxAge || bc.Duplicates != cfg.Duplicates {
+		t.Errorf("BOUNCES retention/max age/duplicates = %v/%v/%v, want limits/%v/%v", bc.Retention, bc.MaxAge, bc.Duplicates, cfg.EventsMaxAge, cfg.Duplicates)
 	}
 }
 

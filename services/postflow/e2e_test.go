@@ -36,6 +36,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/postflow/postflow/pkg/eventlog"
@@ -401,6 +402,36 @@ func TestPermanentFailureBouncesWithoutRetry(t *testing.T) {
 	if n := s.sink.RcptAttempts("nobody@example.test"); n != 1 {
 		t.Errorf("RCPT attempts for the bounced recipient = %d, want 1", n)
 	}
+	if recs := s.bounceRecords(); len(recs) != 1 || recs[0].GetRecipient() != "nobody@example.test" || recs[0].GetReply().GetEnhancedCode() != "5.1.1" {
+		t.Errorf("BOUNCES = %v, want one record for nobody@ with 5.1.1", recs)
+	}
+}
+
+// bounceRecords reads every record in BOUNCES.
+func (s *stack) bounceRecords() []*postflowv1.Event {
+	s.t.Helper()
+	ctx := context.Background()
+	st, err := s.stream.Stream(ctx, queue.BouncesStream)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	var out []*postflowv1.Event
+	for seq := info.State.FirstSeq; seq > 0 && seq <= info.State.LastSeq; seq++ {
+		raw, err := st.GetMsg(ctx, seq)
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		ev := &postflowv1.Event{}
+		if err := proto.Unmarshal(raw.Data, ev); err != nil {
+			s.t.Fatal(err)
+		}
+		out = append(out, ev)
+	}
+	return out
 }
 
 // waitQueueEmpty polls until OUTBOUND holds no job and nothing is pending
@@ -755,6 +786,9 @@ func TestTemporaryFailuresExpire(t *testing.T) {
 	s.waitQueueEmpty(10 * time.Second)
 	if got, want := s.sink.RcptAttempts("full@example.test"), int(r.GetAttempts()); got != want {
 		t.Errorf("sink saw %d RCPT attempts, status counts %d", got, want)
+	}
+	if recs := s.bounceRecords(); len(recs) != 1 || recs[0].GetState() != postflowv1.RecipientState_RECIPIENT_STATE_EXPIRED {
+		t.Errorf("BOUNCES = %v, want one expiry record", recs)
 	}
 }
 
