@@ -430,6 +430,19 @@ func (r *Resolver) mxTargets(ctx context.Context, d string, hosts []mxHost, impl
 }
 
 // routeTargets resolves a static route without the egress guard.
+// Static resolves one operator-chosen destination, "host:port" with host an
+// IP literal or a name, as a static route is resolved: its A and AAAA
+// addresses, at most MaxAddresses, exempt from the egress guard. Failures
+// are temporary (4.4.3, 4.4.4): the fix is the operator's. A smarthost is
+// resolved this way.
+func (r *Resolver) Static(ctx context.Context, dest string) ([]Target, error) {
+	rt, err := parseRoute(dest)
+	if err != nil {
+		return nil, deliveryerr.Temporary(451, "4.4.4", "invalid static destination", fmt.Errorf("mx: %w", err))
+	}
+	return r.routeTargets(ctx, dest, []route{rt})
+}
+
 func (r *Resolver) routeTargets(ctx context.Context, d string, routes []route) ([]Target, error) {
 	var (
 		targets []Target

@@ -449,6 +449,28 @@ mx.routed.test. IN A 11.0.0.1
 	}
 }
 
+// TestStatic resolves single operator-chosen destinations (smarthosts) the
+// way static routes are resolved: no egress guard, temporary failures.
+func TestStatic(t *testing.T) {
+	s := testenv.StartDNS(t, `
+relay.test. IN A    10.0.0.5
+relay.test. IN AAAA fd00::5
+`)
+	r := newResolver(t, s, Config{})
+	got, err := r.Static(t.Context(), "relay.test:587")
+	want := []Target{target("relay.test", "10.0.0.5:587", 0), target("relay.test", "[fd00::5]:587", 0)}
+	if err != nil || !slices.Equal(got, want) {
+		t.Errorf("Static(relay.test:587) = %v, %v; want %v", got, err, want)
+	}
+	if got, err := r.Static(t.Context(), "127.0.0.1:465"); err != nil || !slices.Equal(got, []Target{target("127.0.0.1", "127.0.0.1:465", 0)}) {
+		t.Errorf("Static(127.0.0.1:465) = %v, %v; want the loopback literal, unguarded", got, err)
+	}
+	_, err = r.Static(t.Context(), "nowhere.test:25")
+	checkErr(t, "nowhere.test", err, wantErr{451, "4.4.4", nil, "static route"})
+	_, err = r.Static(t.Context(), "no-port")
+	checkErr(t, "no-port", err, wantErr{451, "4.4.4", nil, "invalid static destination"})
+}
+
 // fakeClock is a settable clock for cache expiry.
 type fakeClock struct {
 	mu  sync.Mutex

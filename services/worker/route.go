@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 
 	"github.com/postflow/postflow/pkg/deliveryerr"
 	"github.com/postflow/postflow/pkg/mtasts"
@@ -13,10 +12,6 @@ import (
 	"github.com/postflow/postflow/pkg/routes"
 	"github.com/postflow/postflow/pkg/smtpout"
 )
-
-// maxRelayAddrs caps the addresses tried for a smarthost, as mx caps MX
-// targets (Postfix's smtp_mx_address_limit).
-const maxRelayAddrs = 5
 
 // targets decides where and how a job's domain is delivered: through its
 // route's smarthost, or to its MX hosts under the route's TLS policy,
@@ -79,33 +74,18 @@ func (w *Worker) applySTS(ctx context.Context, domain string, found []mx.Target)
 	return kept, true, nil
 }
 
-// relayTargets resolves a smarthost. Its addresses skip the egress guard:
-// the operator chose the relay, which may well sit on a private network.
-// A relay that does not resolve defers the mail (4.4.3/4.4.4) rather than
-// bouncing it, since the fix is the operator's, not the sender's.
+// relayTargets resolves a smarthost as a static route (mx.Resolver.Static):
+// its addresses skip the egress guard, since the operator chose the relay,
+// which may well sit on a private network, and a relay that does not
+// resolve defers the mail rather than bouncing it.
 func (w *Worker) relayTargets(ctx context.Context, relay *routes.Relay) ([]smtpout.Target, error) {
-	var addrs []netip.Addr
-	if a, err := netip.ParseAddr(relay.Host); err == nil {
-		addrs = []netip.Addr{a.Unmap()}
-	} else {
-		// A partial answer (A without AAAA, say) comes with an error
-		// and is used.
-		addrs, err = w.router.Addrs(ctx, relay.Host)
-		if len(addrs) == 0 && err != nil {
-			return nil, deliveryerr.Temporary(451, "4.4.3", "smarthost "+relay.Host+" does not resolve", err)
-		}
-		if len(addrs) == 0 {
-			return nil, deliveryerr.Temporary(451, "4.4.4", "smarthost "+relay.Host+" has no address", nil)
-		}
+	found, err := w.router.Static(ctx, relay.Addr())
+	if err != nil {
+		return nil, err
 	}
-	targets := make([]smtpout.Target, 0, min(len(addrs), maxRelayAddrs))
-	for _, a := range addrs[:min(len(addrs), maxRelayAddrs)] {
-		targets = append(targets, smtpout.Target{
-			Host: relay.Host,
-			Addr: netip.AddrPortFrom(a, uint16(relay.Port)),
-			TLS:  relay.TLS,
-			Auth: relay.Auth,
-		})
+	targets := make([]smtpout.Target, len(found))
+	for i, t := range found {
+		targets[i] = smtpout.Target{Host: relay.Host, Addr: t.Addr, TLS: relay.TLS, Auth: relay.Auth}
 	}
 	return targets, nil
 }

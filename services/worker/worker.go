@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"sync"
 	"time"
 
@@ -61,10 +60,10 @@ type Config struct {
 }
 
 // router resolves a recipient domain to its MX targets, and a smarthost's
-// name to its addresses.
+// host:port to its targets.
 type router interface {
 	Lookup(ctx context.Context, domain string) ([]mx.Target, error)
-	Addrs(ctx context.Context, host string) ([]netip.Addr, error)
+	Static(ctx context.Context, dest string) ([]mx.Target, error)
 }
 
 // stsPolicies returns a domain's MTA-STS policy: nil when it has none, or
