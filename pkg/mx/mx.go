@@ -429,7 +429,6 @@ func (r *Resolver) mxTargets(ctx context.Context, d string, hosts []mxHost, impl
 	}
 }
 
-// routeTargets resolves a static route without the egress guard.
 // Static resolves one operator-chosen destination, "host:port" with host an
 // IP literal or a name, as a static route is resolved: its A and AAAA
 // addresses, at most MaxAddresses, exempt from the egress guard. Failures
@@ -443,6 +442,7 @@ func (r *Resolver) Static(ctx context.Context, dest string) ([]Target, error) {
 	return r.routeTargets(ctx, dest, []route{rt})
 }
 
+// routeTargets resolves a static route without the egress guard.
 func (r *Resolver) routeTargets(ctx context.Context, d string, routes []route) ([]Target, error) {
 	var (
 		targets []Target
