@@ -76,10 +76,15 @@ func (s *shapingServer) ListDestinations(ctx context.Context, _ *postflowv1.List
 		d.QueuedJobs += n
 		d.ConnectionLimit = int32(min(dest.Limits.Connections, 1<<30))
 	}
+	limits := s.limitsByName()
 	out := &postflowv1.ListDestinationsResponse{}
 	for _, d := range byName {
 		if d.ConnectionLimit == 0 && s.deps.Config != nil {
-			d.ConnectionLimit = int32(min(s.limitsOf(d.Name).Connections, 1<<30))
+			l, ok := limits[d.Name]
+			if !ok {
+				l = s.deps.Config.Defaults()
+			}
+			d.ConnectionLimit = int32(min(l.Connections, 1<<30))
 		}
 		out.Destinations = append(out.Destinations, d)
 	}
@@ -123,12 +128,15 @@ func (s *shapingServer) destination(ctx context.Context, domain string) shaping.
 	return s.deps.Config.Match(domain, hosts)
 }
 
-// limitsOf returns the limits of the rule named name, or the defaults.
-func (s *shapingServer) limitsOf(name string) shaping.Limits {
-	for _, r := range s.deps.Config.Rules() {
-		if r.Name == name {
-			return r.Limits
-		}
+// limitsByName maps each rule's name to its limits; a destination without a
+// rule (a domain of its own) has the defaults.
+func (s *shapingServer) limitsByName() map[string]shaping.Limits {
+	m := map[string]shaping.Limits{}
+	if s.deps.Config == nil {
+		return m
 	}
-	return s.deps.Config.Defaults()
+	for _, r := range s.deps.Config.Rules() {
+		m[r.Name] = r.Limits
+	}
+	return m
 }
