@@ -118,6 +118,223 @@ func (RecipientState) EnumDescriptor() ([]byte, []int) {
 	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{0}
 }
 
+// EventType distinguishes state changes from reports received later.
+type EventType int32
+
+const (
+	// A state change made by Send, a delivery attempt, Cancel or the
+	// suppression list: the event's state is the recipient's new state.
+	EventType_EVENT_TYPE_UNSPECIFIED EventType = 0
+	// An asynchronous delivery status notification (RFC 3464) that arrived
+	// on the bounce domain after the recipient's server had accepted the
+	// message. A permanent failure has state BOUNCED and supersedes
+	// DELIVERED: the mail was accepted by a hop that could not deliver it.
+	EventType_EVENT_TYPE_DSN EventType = 1
+	// A complaint (ARF, RFC 5965 feedback report): the recipient marked the
+	// message as spam. State is UNSPECIFIED: a complaint does not change
+	// the delivery state.
+	EventType_EVENT_TYPE_COMPLAINT EventType = 2
+)
+
+// Enum value maps for EventType.
+var (
+	EventType_name = map[int32]string{
+		0: "EVENT_TYPE_UNSPECIFIED",
+		1: "EVENT_TYPE_DSN",
+		2: "EVENT_TYPE_COMPLAINT",
+	}
+	EventType_value = map[string]int32{
+		"EVENT_TYPE_UNSPECIFIED": 0,
+		"EVENT_TYPE_DSN":         1,
+		"EVENT_TYPE_COMPLAINT":   2,
+	}
+)
+
+func (x EventType) Enum() *EventType {
+	p := new(EventType)
+	*p = x
+	return p
+}
+
+func (x EventType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (EventType) Descriptor() protoreflect.EnumDescriptor {
+	return file_postflow_v1_mail_proto_enumTypes[1].Descriptor()
+}
+
+func (EventType) Type() protoreflect.EnumType {
+	return &file_postflow_v1_mail_proto_enumTypes[1]
+}
+
+func (x EventType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use EventType.Descriptor instead.
+func (EventType) EnumDescriptor() ([]byte, []int) {
+	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{1}
+}
+
+type CancelRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MessageId     string                 `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelRequest) Reset() {
+	*x = CancelRequest{}
+	mi := &file_postflow_v1_mail_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelRequest) ProtoMessage() {}
+
+func (x *CancelRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_postflow_v1_mail_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelRequest.ProtoReflect.Descriptor instead.
+func (*CancelRequest) Descriptor() ([]byte, []int) {
+	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *CancelRequest) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+// CancelResponse gives every recipient's state after the cancellation:
+// CANCELED, or the final state it already had.
+type CancelResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MessageId     string                 `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	Recipients    []*CanceledRecipient   `protobuf:"bytes,2,rep,name=recipients,proto3" json:"recipients,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelResponse) Reset() {
+	*x = CancelResponse{}
+	mi := &file_postflow_v1_mail_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelResponse) ProtoMessage() {}
+
+func (x *CancelResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_postflow_v1_mail_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelResponse.ProtoReflect.Descriptor instead.
+func (*CancelResponse) Descriptor() ([]byte, []int) {
+	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CancelResponse) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+func (x *CancelResponse) GetRecipients() []*CanceledRecipient {
+	if x != nil {
+		return x.Recipients
+	}
+	return nil
+}
+
+type CanceledRecipient struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RecipientId   string                 `protobuf:"bytes,1,opt,name=recipient_id,json=recipientId,proto3" json:"recipient_id,omitempty"`
+	Recipient     string                 `protobuf:"bytes,2,opt,name=recipient,proto3" json:"recipient,omitempty"`
+	State         RecipientState         `protobuf:"varint,3,opt,name=state,proto3,enum=postflow.v1.RecipientState" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CanceledRecipient) Reset() {
+	*x = CanceledRecipient{}
+	mi := &file_postflow_v1_mail_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CanceledRecipient) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CanceledRecipient) ProtoMessage() {}
+
+func (x *CanceledRecipient) ProtoReflect() protoreflect.Message {
+	mi := &file_postflow_v1_mail_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CanceledRecipient.ProtoReflect.Descriptor instead.
+func (*CanceledRecipient) Descriptor() ([]byte, []int) {
+	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *CanceledRecipient) GetRecipientId() string {
+	if x != nil {
+		return x.RecipientId
+	}
+	return ""
+}
+
+func (x *CanceledRecipient) GetRecipient() string {
+	if x != nil {
+		return x.Recipient
+	}
+	return ""
+}
+
+func (x *CanceledRecipient) GetState() RecipientState {
+	if x != nil {
+		return x.State
+	}
+	return RecipientState_RECIPIENT_STATE_UNSPECIFIED
+}
+
 // Header is one custom message header.
 type Header struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -136,7 +353,7 @@ type Header struct {
 
 func (x *Header) Reset() {
 	*x = Header{}
-	mi := &file_postflow_v1_mail_proto_msgTypes[0]
+	mi := &file_postflow_v1_mail_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -148,7 +365,7 @@ func (x *Header) String() string {
 func (*Header) ProtoMessage() {}
 
 func (x *Header) ProtoReflect() protoreflect.Message {
-	mi := &file_postflow_v1_mail_proto_msgTypes[0]
+	mi := &file_postflow_v1_mail_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -161,7 +378,7 @@ func (x *Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Header.ProtoReflect.Descriptor instead.
 func (*Header) Descriptor() ([]byte, []int) {
-	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{0}
+	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Header) GetName() string {
@@ -210,7 +427,10 @@ type SendRequest struct {
 	// its status (at most 10 keys; keys at most 64 characters, values 256).
 	Metadata map[string]string `protobuf:"bytes,11,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// IdempotencyKey makes retries safe: the same key returns the same message
-	// id and never queues a second copy (at most 255 characters).
+	// id and never queues a second copy (at most 255 characters), for as long
+	// as the message's events are retained (--events-retention, default 30
+	// days). The same key with a different request is refused with
+	// ALREADY_EXISTS.
 	IdempotencyKey string `protobuf:"bytes,12,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// Raw is a complete RFC 5322 message sent as is (after line endings are
 	// normalised to CRLF). from and to/cc/bcc then give the envelope only, and
@@ -234,7 +454,7 @@ type SendRequest struct {
 
 func (x *SendRequest) Reset() {
 	*x = SendRequest{}
-	mi := &file_postflow_v1_mail_proto_msgTypes[1]
+	mi := &file_postflow_v1_mail_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -246,7 +466,7 @@ func (x *SendRequest) String() string {
 func (*SendRequest) ProtoMessage() {}
 
 func (x *SendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postflow_v1_mail_proto_msgTypes[1]
+	mi := &file_postflow_v1_mail_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -259,7 +479,7 @@ func (x *SendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendRequest.ProtoReflect.Descriptor instead.
 func (*SendRequest) Descriptor() ([]byte, []int) {
-	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{1}
+	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SendRequest) GetFrom() string {
@@ -373,7 +593,7 @@ type SendResponse struct {
 
 func (x *SendResponse) Reset() {
 	*x = SendResponse{}
-	mi := &file_postflow_v1_mail_proto_msgTypes[2]
+	mi := &file_postflow_v1_mail_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -385,7 +605,7 @@ func (x *SendResponse) String() string {
 func (*SendResponse) ProtoMessage() {}
 
 func (x *SendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postflow_v1_mail_proto_msgTypes[2]
+	mi := &file_postflow_v1_mail_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -398,7 +618,7 @@ func (x *SendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendResponse.ProtoReflect.Descriptor instead.
 func (*SendResponse) Descriptor() ([]byte, []int) {
-	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{2}
+	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SendResponse) GetMessageId() string {
@@ -427,7 +647,7 @@ type AcceptedRecipient struct {
 
 func (x *AcceptedRecipient) Reset() {
 	*x = AcceptedRecipient{}
-	mi := &file_postflow_v1_mail_proto_msgTypes[3]
+	mi := &file_postflow_v1_mail_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -439,7 +659,7 @@ func (x *AcceptedRecipient) String() string {
 func (*AcceptedRecipient) ProtoMessage() {}
 
 func (x *AcceptedRecipient) ProtoReflect() protoreflect.Message {
-	mi := &file_postflow_v1_mail_proto_msgTypes[3]
+	mi := &file_postflow_v1_mail_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -452,7 +672,7 @@ func (x *AcceptedRecipient) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptedRecipient.ProtoReflect.Descriptor instead.
 func (*AcceptedRecipient) Descriptor() ([]byte, []int) {
-	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{3}
+	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AcceptedRecipient) GetAddress() string {
@@ -487,7 +707,7 @@ type SMTPReply struct {
 
 func (x *SMTPReply) Reset() {
 	*x = SMTPReply{}
-	mi := &file_postflow_v1_mail_proto_msgTypes[4]
+	mi := &file_postflow_v1_mail_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -499,7 +719,7 @@ func (x *SMTPReply) String() string {
 func (*SMTPReply) ProtoMessage() {}
 
 func (x *SMTPReply) ProtoReflect() protoreflect.Message {
-	mi := &file_postflow_v1_mail_proto_msgTypes[4]
+	mi := &file_postflow_v1_mail_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -512,7 +732,7 @@ func (x *SMTPReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SMTPReply.ProtoReflect.Descriptor instead.
 func (*SMTPReply) Descriptor() ([]byte, []int) {
-	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{4}
+	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SMTPReply) GetCode() int32 {
@@ -557,7 +777,7 @@ type TLSInfo struct {
 
 func (x *TLSInfo) Reset() {
 	*x = TLSInfo{}
-	mi := &file_postflow_v1_mail_proto_msgTypes[5]
+	mi := &file_postflow_v1_mail_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -569,7 +789,7 @@ func (x *TLSInfo) String() string {
 func (*TLSInfo) ProtoMessage() {}
 
 func (x *TLSInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_postflow_v1_mail_proto_msgTypes[5]
+	mi := &file_postflow_v1_mail_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -582,7 +802,7 @@ func (x *TLSInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TLSInfo.ProtoReflect.Descriptor instead.
 func (*TLSInfo) Descriptor() ([]byte, []int) {
-	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{5}
+	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *TLSInfo) GetVersion() string {
@@ -636,15 +856,26 @@ type Event struct {
 	// Category classifies the reply behind a deferred, bounced or expired
 	// state (pkg/bounceclass): bad_mailbox, bad_domain, mailbox_full,
 	// message_too_large, policy, spam, throttled, greylisted, tls, dns,
-	// network, mailbox_disabled, expired, protocol or other.
-	Category      string `protobuf:"bytes,16,opt,name=category,proto3" json:"category,omitempty"`
+	// network, mailbox_disabled, expired, protocol or other; "complaint" for
+	// complaints.
+	Category string `protobuf:"bytes,16,opt,name=category,proto3" json:"category,omitempty"`
+	// CampaignId names the campaign the message belongs to, if any.
+	CampaignId string `protobuf:"bytes,17,opt,name=campaign_id,json=campaignId,proto3" json:"campaign_id,omitempty"`
+	// Type says what the event records; see EventType.
+	Type EventType `protobuf:"varint,18,opt,name=type,proto3,enum=postflow.v1.EventType" json:"type,omitempty"`
+	// FeedbackType is the ARF feedback type of a complaint (RFC 5965 §3.1:
+	// abuse, fraud, virus, other, ...).
+	FeedbackType string `protobuf:"bytes,19,opt,name=feedback_type,json=feedbackType,proto3" json:"feedback_type,omitempty"`
+	// ReportingMta is the host that sent an asynchronous report (DSN or
+	// complaint).
+	ReportingMta  string `protobuf:"bytes,20,opt,name=reporting_mta,json=reportingMta,proto3" json:"reporting_mta,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_postflow_v1_mail_proto_msgTypes[6]
+	mi := &file_postflow_v1_mail_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -656,7 +887,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_postflow_v1_mail_proto_msgTypes[6]
+	mi := &file_postflow_v1_mail_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -669,7 +900,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{6}
+	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Event) GetEventId() string {
@@ -784,11 +1015,52 @@ func (x *Event) GetCategory() string {
 	return ""
 }
 
+func (x *Event) GetCampaignId() string {
+	if x != nil {
+		return x.CampaignId
+	}
+	return ""
+}
+
+func (x *Event) GetType() EventType {
+	if x != nil {
+		return x.Type
+	}
+	return EventType_EVENT_TYPE_UNSPECIFIED
+}
+
+func (x *Event) GetFeedbackType() string {
+	if x != nil {
+		return x.FeedbackType
+	}
+	return ""
+}
+
+func (x *Event) GetReportingMta() string {
+	if x != nil {
+		return x.ReportingMta
+	}
+	return ""
+}
+
 var File_postflow_v1_mail_proto protoreflect.FileDescriptor
 
 const file_postflow_v1_mail_proto_rawDesc = "" +
 	"\n" +
-	"\x16postflow/v1/mail.proto\x12\vpostflow.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"2\n" +
+	"\x16postflow/v1/mail.proto\x12\vpostflow.v1\x1a\x1fgoogle/protobuf/timestamp.proto\".\n" +
+	"\rCancelRequest\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x01 \x01(\tR\tmessageId\"o\n" +
+	"\x0eCancelResponse\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x01 \x01(\tR\tmessageId\x12>\n" +
+	"\n" +
+	"recipients\x18\x02 \x03(\v2\x1e.postflow.v1.CanceledRecipientR\n" +
+	"recipients\"\x87\x01\n" +
+	"\x11CanceledRecipient\x12!\n" +
+	"\frecipient_id\x18\x01 \x01(\tR\vrecipientId\x12\x1c\n" +
+	"\trecipient\x18\x02 \x01(\tR\trecipient\x121\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x1b.postflow.v1.RecipientStateR\x05state\"2\n" +
 	"\x06Header\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\"\xe8\x03\n" +
@@ -828,7 +1100,7 @@ const file_postflow_v1_mail_proto_rawDesc = "" +
 	"\aTLSInfo\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x16\n" +
 	"\x06cipher\x18\x02 \x01(\tR\x06cipher\x12\x1a\n" +
-	"\bverified\x18\x03 \x01(\bR\bverified\"\xca\x04\n" +
+	"\bverified\x18\x03 \x01(\bR\bverified\"\xe1\x05\n" +
 	"\x05Event\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x1d\n" +
@@ -848,7 +1120,12 @@ const file_postflow_v1_mail_proto_rawDesc = "" +
 	"\x12possible_duplicate\x18\r \x01(\bR\x11possibleDuplicate\x12B\n" +
 	"\x0fnext_attempt_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\rnextAttemptAt\x12\x12\n" +
 	"\x04tags\x18\x0f \x03(\tR\x04tags\x12\x1a\n" +
-	"\bcategory\x18\x10 \x01(\tR\bcategory*\x9e\x02\n" +
+	"\bcategory\x18\x10 \x01(\tR\bcategory\x12\x1f\n" +
+	"\vcampaign_id\x18\x11 \x01(\tR\n" +
+	"campaignId\x12*\n" +
+	"\x04type\x18\x12 \x01(\x0e2\x16.postflow.v1.EventTypeR\x04type\x12#\n" +
+	"\rfeedback_type\x18\x13 \x01(\tR\ffeedbackType\x12#\n" +
+	"\rreporting_mta\x18\x14 \x01(\tR\freportingMta*\x9e\x02\n" +
 	"\x0eRecipientState\x12\x1f\n" +
 	"\x1bRECIPIENT_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16RECIPIENT_STATE_QUEUED\x10\x01\x12\x1c\n" +
@@ -858,9 +1135,14 @@ const file_postflow_v1_mail_proto_rawDesc = "" +
 	"\x17RECIPIENT_STATE_EXPIRED\x10\x05\x12\x1e\n" +
 	"\x1aRECIPIENT_STATE_SUPPRESSED\x10\x06\x12\x1c\n" +
 	"\x18RECIPIENT_STATE_CANCELED\x10\a\x12\x1a\n" +
-	"\x16RECIPIENT_STATE_FAILED\x10\b2J\n" +
+	"\x16RECIPIENT_STATE_FAILED\x10\b*U\n" +
+	"\tEventType\x12\x1a\n" +
+	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x12\n" +
+	"\x0eEVENT_TYPE_DSN\x10\x01\x12\x18\n" +
+	"\x14EVENT_TYPE_COMPLAINT\x10\x022\x8d\x01\n" +
 	"\vMailService\x12;\n" +
-	"\x04Send\x12\x18.postflow.v1.SendRequest\x1a\x19.postflow.v1.SendResponseB;Z9github.com/postflow/postflow/proto/postflow/v1;postflowv1b\x06proto3"
+	"\x04Send\x12\x18.postflow.v1.SendRequest\x1a\x19.postflow.v1.SendResponse\x12A\n" +
+	"\x06Cancel\x12\x1a.postflow.v1.CancelRequest\x1a\x1b.postflow.v1.CancelResponseB;Z9github.com/postflow/postflow/proto/postflow/v1;postflowv1b\x06proto3"
 
 var (
 	file_postflow_v1_mail_proto_rawDescOnce sync.Once
@@ -874,37 +1156,46 @@ func file_postflow_v1_mail_proto_rawDescGZIP() []byte {
 	return file_postflow_v1_mail_proto_rawDescData
 }
 
-var file_postflow_v1_mail_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_postflow_v1_mail_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_postflow_v1_mail_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_postflow_v1_mail_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_postflow_v1_mail_proto_goTypes = []any{
 	(RecipientState)(0),           // 0: postflow.v1.RecipientState
-	(*Header)(nil),                // 1: postflow.v1.Header
-	(*SendRequest)(nil),           // 2: postflow.v1.SendRequest
-	(*SendResponse)(nil),          // 3: postflow.v1.SendResponse
-	(*AcceptedRecipient)(nil),     // 4: postflow.v1.AcceptedRecipient
-	(*SMTPReply)(nil),             // 5: postflow.v1.SMTPReply
-	(*TLSInfo)(nil),               // 6: postflow.v1.TLSInfo
-	(*Event)(nil),                 // 7: postflow.v1.Event
-	nil,                           // 8: postflow.v1.SendRequest.MetadataEntry
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(EventType)(0),                // 1: postflow.v1.EventType
+	(*CancelRequest)(nil),         // 2: postflow.v1.CancelRequest
+	(*CancelResponse)(nil),        // 3: postflow.v1.CancelResponse
+	(*CanceledRecipient)(nil),     // 4: postflow.v1.CanceledRecipient
+	(*Header)(nil),                // 5: postflow.v1.Header
+	(*SendRequest)(nil),           // 6: postflow.v1.SendRequest
+	(*SendResponse)(nil),          // 7: postflow.v1.SendResponse
+	(*AcceptedRecipient)(nil),     // 8: postflow.v1.AcceptedRecipient
+	(*SMTPReply)(nil),             // 9: postflow.v1.SMTPReply
+	(*TLSInfo)(nil),               // 10: postflow.v1.TLSInfo
+	(*Event)(nil),                 // 11: postflow.v1.Event
+	nil,                           // 12: postflow.v1.SendRequest.MetadataEntry
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
 }
 var file_postflow_v1_mail_proto_depIdxs = []int32{
-	1,  // 0: postflow.v1.SendRequest.headers:type_name -> postflow.v1.Header
-	8,  // 1: postflow.v1.SendRequest.metadata:type_name -> postflow.v1.SendRequest.MetadataEntry
-	9,  // 2: postflow.v1.SendRequest.expire_at:type_name -> google.protobuf.Timestamp
-	4,  // 3: postflow.v1.SendResponse.recipients:type_name -> postflow.v1.AcceptedRecipient
-	0,  // 4: postflow.v1.Event.state:type_name -> postflow.v1.RecipientState
-	9,  // 5: postflow.v1.Event.time:type_name -> google.protobuf.Timestamp
-	5,  // 6: postflow.v1.Event.reply:type_name -> postflow.v1.SMTPReply
-	6,  // 7: postflow.v1.Event.tls:type_name -> postflow.v1.TLSInfo
-	9,  // 8: postflow.v1.Event.next_attempt_at:type_name -> google.protobuf.Timestamp
-	2,  // 9: postflow.v1.MailService.Send:input_type -> postflow.v1.SendRequest
-	3,  // 10: postflow.v1.MailService.Send:output_type -> postflow.v1.SendResponse
-	10, // [10:11] is the sub-list for method output_type
-	9,  // [9:10] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	4,  // 0: postflow.v1.CancelResponse.recipients:type_name -> postflow.v1.CanceledRecipient
+	0,  // 1: postflow.v1.CanceledRecipient.state:type_name -> postflow.v1.RecipientState
+	5,  // 2: postflow.v1.SendRequest.headers:type_name -> postflow.v1.Header
+	12, // 3: postflow.v1.SendRequest.metadata:type_name -> postflow.v1.SendRequest.MetadataEntry
+	13, // 4: postflow.v1.SendRequest.expire_at:type_name -> google.protobuf.Timestamp
+	8,  // 5: postflow.v1.SendResponse.recipients:type_name -> postflow.v1.AcceptedRecipient
+	0,  // 6: postflow.v1.Event.state:type_name -> postflow.v1.RecipientState
+	13, // 7: postflow.v1.Event.time:type_name -> google.protobuf.Timestamp
+	9,  // 8: postflow.v1.Event.reply:type_name -> postflow.v1.SMTPReply
+	10, // 9: postflow.v1.Event.tls:type_name -> postflow.v1.TLSInfo
+	13, // 10: postflow.v1.Event.next_attempt_at:type_name -> google.protobuf.Timestamp
+	1,  // 11: postflow.v1.Event.type:type_name -> postflow.v1.EventType
+	6,  // 12: postflow.v1.MailService.Send:input_type -> postflow.v1.SendRequest
+	2,  // 13: postflow.v1.MailService.Cancel:input_type -> postflow.v1.CancelRequest
+	7,  // 14: postflow.v1.MailService.Send:output_type -> postflow.v1.SendResponse
+	3,  // 15: postflow.v1.MailService.Cancel:output_type -> postflow.v1.CancelResponse
+	14, // [14:16] is the sub-list for method output_type
+	12, // [12:14] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_postflow_v1_mail_proto_init() }
@@ -917,8 +1208,8 @@ func file_postflow_v1_mail_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postflow_v1_mail_proto_rawDesc), len(file_postflow_v1_mail_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   8,
+			NumEnums:      2,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

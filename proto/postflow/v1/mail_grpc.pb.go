@@ -37,7 +37,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	MailService_Send_FullMethodName = "/postflow.v1.MailService/Send"
+	MailService_Send_FullMethodName   = "/postflow.v1.MailService/Send"
+	MailService_Cancel_FullMethodName = "/postflow.v1.MailService/Cancel"
 )
 
 // MailServiceClient is the client API for MailService service.
@@ -55,6 +56,15 @@ type MailServiceClient interface {
 	// UNAVAILABLE (not queued, or not known to be queued: retry with the same
 	// idempotency_key), RESOURCE_EXHAUSTED (queue full).
 	Send(ctx context.Context, in *SendRequest, opts ...grpc.CallOption) (*SendResponse, error)
+	// Cancel stops a message: each recipient without a final state becomes
+	// CANCELED and is never attempted again. A recipient whose attempt is
+	// running when Cancel is recorded may still be delivered by that attempt;
+	// its state then stays CANCELED (the first final state is kept), and the
+	// delivery shows as a later event.
+	//
+	// Errors: INVALID_ARGUMENT (message_id malformed), NOT_FOUND (no such
+	// message, or aged out of retention), UNAVAILABLE.
+	Cancel(ctx context.Context, in *CancelRequest, opts ...grpc.CallOption) (*CancelResponse, error)
 }
 
 type mailServiceClient struct {
@@ -69,6 +79,16 @@ func (c *mailServiceClient) Send(ctx context.Context, in *SendRequest, opts ...g
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(SendResponse)
 	err := c.cc.Invoke(ctx, MailService_Send_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *mailServiceClient) Cancel(ctx context.Context, in *CancelRequest, opts ...grpc.CallOption) (*CancelResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CancelResponse)
+	err := c.cc.Invoke(ctx, MailService_Cancel_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -90,6 +110,15 @@ type MailServiceServer interface {
 	// UNAVAILABLE (not queued, or not known to be queued: retry with the same
 	// idempotency_key), RESOURCE_EXHAUSTED (queue full).
 	Send(context.Context, *SendRequest) (*SendResponse, error)
+	// Cancel stops a message: each recipient without a final state becomes
+	// CANCELED and is never attempted again. A recipient whose attempt is
+	// running when Cancel is recorded may still be delivered by that attempt;
+	// its state then stays CANCELED (the first final state is kept), and the
+	// delivery shows as a later event.
+	//
+	// Errors: INVALID_ARGUMENT (message_id malformed), NOT_FOUND (no such
+	// message, or aged out of retention), UNAVAILABLE.
+	Cancel(context.Context, *CancelRequest) (*CancelResponse, error)
 	mustEmbedUnimplementedMailServiceServer()
 }
 
@@ -102,6 +131,9 @@ type UnimplementedMailServiceServer struct{}
 
 func (UnimplementedMailServiceServer) Send(context.Context, *SendRequest) (*SendResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Send not implemented")
+}
+func (UnimplementedMailServiceServer) Cancel(context.Context, *CancelRequest) (*CancelResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Cancel not implemented")
 }
 func (UnimplementedMailServiceServer) mustEmbedUnimplementedMailServiceServer() {}
 func (UnimplementedMailServiceServer) testEmbeddedByValue()                     {}
@@ -142,6 +174,24 @@ func _MailService_Send_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MailService_Cancel_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MailServiceServer).Cancel(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MailService_Cancel_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MailServiceServer).Cancel(ctx, req.(*CancelRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // MailService_ServiceDesc is the grpc.ServiceDesc for MailService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -152,6 +202,10 @@ var MailService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Send",
 			Handler:    _MailService_Send_Handler,
+		},
+		{
+			MethodName: "Cancel",
+			Handler:    _MailService_Cancel_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

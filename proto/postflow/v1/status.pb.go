@@ -22,6 +22,337 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// EventFilter selects events; every field set must match (AND), and an
+// empty filter matches every event of the tenant.
+type EventFilter struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// MessageId, 24 characters of [a-z2-7].
+	MessageId string `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	// Recipient is an address, compared case-insensitively.
+	Recipient  string `protobuf:"bytes,2,opt,name=recipient,proto3" json:"recipient,omitempty"`
+	CampaignId string `protobuf:"bytes,3,opt,name=campaign_id,json=campaignId,proto3" json:"campaign_id,omitempty"`
+	// Tag matches events of messages carrying this tag.
+	Tag string `protobuf:"bytes,4,opt,name=tag,proto3" json:"tag,omitempty"`
+	// States matches events whose state is any of these.
+	States []RecipientState `protobuf:"varint,5,rep,packed,name=states,proto3,enum=postflow.v1.RecipientState" json:"states,omitempty"`
+	// Since and until bound the event time: since <= time < until.
+	Since *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=since,proto3" json:"since,omitempty"`
+	Until *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=until,proto3" json:"until,omitempty"`
+	// Types matches events of any of these types; empty means every type.
+	Types         []EventType `protobuf:"varint,8,rep,packed,name=types,proto3,enum=postflow.v1.EventType" json:"types,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EventFilter) Reset() {
+	*x = EventFilter{}
+	mi := &file_postflow_v1_status_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventFilter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventFilter) ProtoMessage() {}
+
+func (x *EventFilter) ProtoReflect() protoreflect.Message {
+	mi := &file_postflow_v1_status_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventFilter.ProtoReflect.Descriptor instead.
+func (*EventFilter) Descriptor() ([]byte, []int) {
+	return file_postflow_v1_status_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *EventFilter) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+func (x *EventFilter) GetRecipient() string {
+	if x != nil {
+		return x.Recipient
+	}
+	return ""
+}
+
+func (x *EventFilter) GetCampaignId() string {
+	if x != nil {
+		return x.CampaignId
+	}
+	return ""
+}
+
+func (x *EventFilter) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+func (x *EventFilter) GetStates() []RecipientState {
+	if x != nil {
+		return x.States
+	}
+	return nil
+}
+
+func (x *EventFilter) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *EventFilter) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
+func (x *EventFilter) GetTypes() []EventType {
+	if x != nil {
+		return x.Types
+	}
+	return nil
+}
+
+type ListEventsRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Filter *EventFilter           `protobuf:"bytes,1,opt,name=filter,proto3" json:"filter,omitempty"`
+	// PageSize is at most 1000; 0 means 100.
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// PageToken is a previous response's next_page_token.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEventsRequest) Reset() {
+	*x = ListEventsRequest{}
+	mi := &file_postflow_v1_status_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEventsRequest) ProtoMessage() {}
+
+func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_postflow_v1_status_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
+func (*ListEventsRequest) Descriptor() ([]byte, []int) {
+	return file_postflow_v1_status_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ListEventsRequest) GetFilter() *EventFilter {
+	if x != nil {
+		return x.Filter
+	}
+	return nil
+}
+
+func (x *ListEventsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListEventsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListEventsResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Events []*Event               `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	// NextPageToken continues the listing; empty when every event recorded
+	// so far has been listed.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEventsResponse) Reset() {
+	*x = ListEventsResponse{}
+	mi := &file_postflow_v1_status_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEventsResponse) ProtoMessage() {}
+
+func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_postflow_v1_status_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
+func (*ListEventsResponse) Descriptor() ([]byte, []int) {
+	return file_postflow_v1_status_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ListEventsResponse) GetEvents() []*Event {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *ListEventsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type WatchEventsRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Filter *EventFilter           `protobuf:"bytes,1,opt,name=filter,proto3" json:"filter,omitempty"`
+	// Cursor is a cursor of an earlier WatchEventsResponse: the stream
+	// resumes after that event.
+	Cursor        string `protobuf:"bytes,2,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEventsRequest) Reset() {
+	*x = WatchEventsRequest{}
+	mi := &file_postflow_v1_status_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEventsRequest) ProtoMessage() {}
+
+func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_postflow_v1_status_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
+func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
+	return file_postflow_v1_status_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *WatchEventsRequest) GetFilter() *EventFilter {
+	if x != nil {
+		return x.Filter
+	}
+	return nil
+}
+
+func (x *WatchEventsRequest) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
+}
+
+type WatchEventsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Event *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	// Cursor names this event's position; pass it to resume after it.
+	Cursor        string `protobuf:"bytes,2,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEventsResponse) Reset() {
+	*x = WatchEventsResponse{}
+	mi := &file_postflow_v1_status_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEventsResponse) ProtoMessage() {}
+
+func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_postflow_v1_status_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
+func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
+	return file_postflow_v1_status_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *WatchEventsResponse) GetEvent() *Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *WatchEventsResponse) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
+}
+
 type GetMessageRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	MessageId     string                 `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
@@ -31,7 +362,7 @@ type GetMessageRequest struct {
 
 func (x *GetMessageRequest) Reset() {
 	*x = GetMessageRequest{}
-	mi := &file_postflow_v1_status_proto_msgTypes[0]
+	mi := &file_postflow_v1_status_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -43,7 +374,7 @@ func (x *GetMessageRequest) String() string {
 func (*GetMessageRequest) ProtoMessage() {}
 
 func (x *GetMessageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postflow_v1_status_proto_msgTypes[0]
+	mi := &file_postflow_v1_status_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -56,7 +387,7 @@ func (x *GetMessageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMessageRequest.ProtoReflect.Descriptor instead.
 func (*GetMessageRequest) Descriptor() ([]byte, []int) {
-	return file_postflow_v1_status_proto_rawDescGZIP(), []int{0}
+	return file_postflow_v1_status_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetMessageRequest) GetMessageId() string {
@@ -79,7 +410,7 @@ type GetMessageResponse struct {
 
 func (x *GetMessageResponse) Reset() {
 	*x = GetMessageResponse{}
-	mi := &file_postflow_v1_status_proto_msgTypes[1]
+	mi := &file_postflow_v1_status_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -91,7 +422,7 @@ func (x *GetMessageResponse) String() string {
 func (*GetMessageResponse) ProtoMessage() {}
 
 func (x *GetMessageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postflow_v1_status_proto_msgTypes[1]
+	mi := &file_postflow_v1_status_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -104,7 +435,7 @@ func (x *GetMessageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMessageResponse.ProtoReflect.Descriptor instead.
 func (*GetMessageResponse) Descriptor() ([]byte, []int) {
-	return file_postflow_v1_status_proto_rawDescGZIP(), []int{1}
+	return file_postflow_v1_status_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetMessageResponse) GetMessageId() string {
@@ -155,7 +486,7 @@ type RecipientStatus struct {
 
 func (x *RecipientStatus) Reset() {
 	*x = RecipientStatus{}
-	mi := &file_postflow_v1_status_proto_msgTypes[2]
+	mi := &file_postflow_v1_status_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -167,7 +498,7 @@ func (x *RecipientStatus) String() string {
 func (*RecipientStatus) ProtoMessage() {}
 
 func (x *RecipientStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_postflow_v1_status_proto_msgTypes[2]
+	mi := &file_postflow_v1_status_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -180,7 +511,7 @@ func (x *RecipientStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecipientStatus.ProtoReflect.Descriptor instead.
 func (*RecipientStatus) Descriptor() ([]byte, []int) {
-	return file_postflow_v1_status_proto_rawDescGZIP(), []int{2}
+	return file_postflow_v1_status_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RecipientStatus) GetRecipientId() string {
@@ -271,7 +602,32 @@ var File_postflow_v1_status_proto protoreflect.FileDescriptor
 
 const file_postflow_v1_status_proto_rawDesc = "" +
 	"\n" +
-	"\x18postflow/v1/status.proto\x12\vpostflow.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16postflow/v1/mail.proto\"2\n" +
+	"\x18postflow/v1/status.proto\x12\vpostflow.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16postflow/v1/mail.proto\"\xc4\x02\n" +
+	"\vEventFilter\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x01 \x01(\tR\tmessageId\x12\x1c\n" +
+	"\trecipient\x18\x02 \x01(\tR\trecipient\x12\x1f\n" +
+	"\vcampaign_id\x18\x03 \x01(\tR\n" +
+	"campaignId\x12\x10\n" +
+	"\x03tag\x18\x04 \x01(\tR\x03tag\x123\n" +
+	"\x06states\x18\x05 \x03(\x0e2\x1b.postflow.v1.RecipientStateR\x06states\x120\n" +
+	"\x05since\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x120\n" +
+	"\x05until\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x05until\x12,\n" +
+	"\x05types\x18\b \x03(\x0e2\x16.postflow.v1.EventTypeR\x05types\"\x81\x01\n" +
+	"\x11ListEventsRequest\x120\n" +
+	"\x06filter\x18\x01 \x01(\v2\x18.postflow.v1.EventFilterR\x06filter\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"h\n" +
+	"\x12ListEventsResponse\x12*\n" +
+	"\x06events\x18\x01 \x03(\v2\x12.postflow.v1.EventR\x06events\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"^\n" +
+	"\x12WatchEventsRequest\x120\n" +
+	"\x06filter\x18\x01 \x01(\v2\x18.postflow.v1.EventFilterR\x06filter\x12\x16\n" +
+	"\x06cursor\x18\x02 \x01(\tR\x06cursor\"W\n" +
+	"\x13WatchEventsResponse\x12(\n" +
+	"\x05event\x18\x01 \x01(\v2\x12.postflow.v1.EventR\x05event\x12\x16\n" +
+	"\x06cursor\x18\x02 \x01(\tR\x06cursor\"2\n" +
 	"\x11GetMessageRequest\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\"\xae\x01\n" +
@@ -298,10 +654,13 @@ const file_postflow_v1_status_proto_rawDesc = "" +
 	"\x12possible_duplicate\x18\n" +
 	" \x01(\bR\x11possibleDuplicate\x12*\n" +
 	"\x06events\x18\v \x03(\v2\x12.postflow.v1.EventR\x06events\x12\x1a\n" +
-	"\bcategory\x18\f \x01(\tR\bcategory2^\n" +
+	"\bcategory\x18\f \x01(\tR\bcategory2\x81\x02\n" +
 	"\rStatusService\x12M\n" +
 	"\n" +
-	"GetMessage\x12\x1e.postflow.v1.GetMessageRequest\x1a\x1f.postflow.v1.GetMessageResponseB;Z9github.com/postflow/postflow/proto/postflow/v1;postflowv1b\x06proto3"
+	"GetMessage\x12\x1e.postflow.v1.GetMessageRequest\x1a\x1f.postflow.v1.GetMessageResponse\x12M\n" +
+	"\n" +
+	"ListEvents\x12\x1e.postflow.v1.ListEventsRequest\x1a\x1f.postflow.v1.ListEventsResponse\x12R\n" +
+	"\vWatchEvents\x12\x1f.postflow.v1.WatchEventsRequest\x1a .postflow.v1.WatchEventsResponse0\x01B;Z9github.com/postflow/postflow/proto/postflow/v1;postflowv1b\x06proto3"
 
 var (
 	file_postflow_v1_status_proto_rawDescOnce sync.Once
@@ -315,33 +674,51 @@ func file_postflow_v1_status_proto_rawDescGZIP() []byte {
 	return file_postflow_v1_status_proto_rawDescData
 }
 
-var file_postflow_v1_status_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_postflow_v1_status_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_postflow_v1_status_proto_goTypes = []any{
-	(*GetMessageRequest)(nil),     // 0: postflow.v1.GetMessageRequest
-	(*GetMessageResponse)(nil),    // 1: postflow.v1.GetMessageResponse
-	(*RecipientStatus)(nil),       // 2: postflow.v1.RecipientStatus
-	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
-	(RecipientState)(0),           // 4: postflow.v1.RecipientState
-	(*SMTPReply)(nil),             // 5: postflow.v1.SMTPReply
-	(*TLSInfo)(nil),               // 6: postflow.v1.TLSInfo
-	(*Event)(nil),                 // 7: postflow.v1.Event
+	(*EventFilter)(nil),           // 0: postflow.v1.EventFilter
+	(*ListEventsRequest)(nil),     // 1: postflow.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),    // 2: postflow.v1.ListEventsResponse
+	(*WatchEventsRequest)(nil),    // 3: postflow.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),   // 4: postflow.v1.WatchEventsResponse
+	(*GetMessageRequest)(nil),     // 5: postflow.v1.GetMessageRequest
+	(*GetMessageResponse)(nil),    // 6: postflow.v1.GetMessageResponse
+	(*RecipientStatus)(nil),       // 7: postflow.v1.RecipientStatus
+	(RecipientState)(0),           // 8: postflow.v1.RecipientState
+	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(EventType)(0),                // 10: postflow.v1.EventType
+	(*Event)(nil),                 // 11: postflow.v1.Event
+	(*SMTPReply)(nil),             // 12: postflow.v1.SMTPReply
+	(*TLSInfo)(nil),               // 13: postflow.v1.TLSInfo
 }
 var file_postflow_v1_status_proto_depIdxs = []int32{
-	3, // 0: postflow.v1.GetMessageResponse.accepted_at:type_name -> google.protobuf.Timestamp
-	2, // 1: postflow.v1.GetMessageResponse.recipients:type_name -> postflow.v1.RecipientStatus
-	4, // 2: postflow.v1.RecipientStatus.state:type_name -> postflow.v1.RecipientState
-	5, // 3: postflow.v1.RecipientStatus.last_reply:type_name -> postflow.v1.SMTPReply
-	6, // 4: postflow.v1.RecipientStatus.tls:type_name -> postflow.v1.TLSInfo
-	3, // 5: postflow.v1.RecipientStatus.updated_at:type_name -> google.protobuf.Timestamp
-	3, // 6: postflow.v1.RecipientStatus.next_attempt_at:type_name -> google.protobuf.Timestamp
-	7, // 7: postflow.v1.RecipientStatus.events:type_name -> postflow.v1.Event
-	0, // 8: postflow.v1.StatusService.GetMessage:input_type -> postflow.v1.GetMessageRequest
-	1, // 9: postflow.v1.StatusService.GetMessage:output_type -> postflow.v1.GetMessageResponse
-	9, // [9:10] is the sub-list for method output_type
-	8, // [8:9] is the sub-list for method input_type
-	8, // [8:8] is the sub-list for extension type_name
-	8, // [8:8] is the sub-list for extension extendee
-	0, // [0:8] is the sub-list for field type_name
+	8,  // 0: postflow.v1.EventFilter.states:type_name -> postflow.v1.RecipientState
+	9,  // 1: postflow.v1.EventFilter.since:type_name -> google.protobuf.Timestamp
+	9,  // 2: postflow.v1.EventFilter.until:type_name -> google.protobuf.Timestamp
+	10, // 3: postflow.v1.EventFilter.types:type_name -> postflow.v1.EventType
+	0,  // 4: postflow.v1.ListEventsRequest.filter:type_name -> postflow.v1.EventFilter
+	11, // 5: postflow.v1.ListEventsResponse.events:type_name -> postflow.v1.Event
+	0,  // 6: postflow.v1.WatchEventsRequest.filter:type_name -> postflow.v1.EventFilter
+	11, // 7: postflow.v1.WatchEventsResponse.event:type_name -> postflow.v1.Event
+	9,  // 8: postflow.v1.GetMessageResponse.accepted_at:type_name -> google.protobuf.Timestamp
+	7,  // 9: postflow.v1.GetMessageResponse.recipients:type_name -> postflow.v1.RecipientStatus
+	8,  // 10: postflow.v1.RecipientStatus.state:type_name -> postflow.v1.RecipientState
+	12, // 11: postflow.v1.RecipientStatus.last_reply:type_name -> postflow.v1.SMTPReply
+	13, // 12: postflow.v1.RecipientStatus.tls:type_name -> postflow.v1.TLSInfo
+	9,  // 13: postflow.v1.RecipientStatus.updated_at:type_name -> google.protobuf.Timestamp
+	9,  // 14: postflow.v1.RecipientStatus.next_attempt_at:type_name -> google.protobuf.Timestamp
+	11, // 15: postflow.v1.RecipientStatus.events:type_name -> postflow.v1.Event
+	5,  // 16: postflow.v1.StatusService.GetMessage:input_type -> postflow.v1.GetMessageRequest
+	1,  // 17: postflow.v1.StatusService.ListEvents:input_type -> postflow.v1.ListEventsRequest
+	3,  // 18: postflow.v1.StatusService.WatchEvents:input_type -> postflow.v1.WatchEventsRequest
+	6,  // 19: postflow.v1.StatusService.GetMessage:output_type -> postflow.v1.GetMessageResponse
+	2,  // 20: postflow.v1.StatusService.ListEvents:output_type -> postflow.v1.ListEventsResponse
+	4,  // 21: postflow.v1.StatusService.WatchEvents:output_type -> postflow.v1.WatchEventsResponse
+	19, // [19:22] is the sub-list for method output_type
+	16, // [16:19] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_postflow_v1_status_proto_init() }
@@ -356,7 +733,7 @@ func file_postflow_v1_status_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postflow_v1_status_proto_rawDesc), len(file_postflow_v1_status_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

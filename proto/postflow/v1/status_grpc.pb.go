@@ -19,7 +19,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	StatusService_GetMessage_FullMethodName = "/postflow.v1.StatusService/GetMessage"
+	StatusService_GetMessage_FullMethodName  = "/postflow.v1.StatusService/GetMessage"
+	StatusService_ListEvents_FullMethodName  = "/postflow.v1.StatusService/ListEvents"
+	StatusService_WatchEvents_FullMethodName = "/postflow.v1.StatusService/WatchEvents"
 )
 
 // StatusServiceClient is the client API for StatusService service.
@@ -36,6 +38,24 @@ type StatusServiceClient interface {
 	// Errors: INVALID_ARGUMENT (message_id empty or malformed), NOT_FOUND (no
 	// such message, or its events have aged out of retention), UNAVAILABLE.
 	GetMessage(ctx context.Context, in *GetMessageRequest, opts ...grpc.CallOption) (*GetMessageResponse, error)
+	// ListEvents lists events matching a filter, oldest first, a page at a
+	// time. A message_id filter reads only that message's events; the other
+	// filters scan the tenant's events from the start of the time range, so a
+	// page may hold fewer than page_size events (even none) while
+	// next_page_token is still set: keep paging until it is empty.
+	//
+	// Errors: INVALID_ARGUMENT (a filter field or page_token malformed, named
+	// in the BadRequest detail), UNAVAILABLE.
+	ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error)
+	// WatchEvents streams events matching a filter as they are recorded, each
+	// exactly once and in recording order (so in order per message), until
+	// the caller cancels. It starts after cursor when given (resuming a
+	// broken stream loses and repeats nothing), else at filter.since when
+	// given, else with events recorded from now on. filter.until is ignored.
+	//
+	// Errors: INVALID_ARGUMENT (malformed filter or cursor), OUT_OF_RANGE (the
+	// cursor's events have aged out of retention), UNAVAILABLE.
+	WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error)
 }
 
 type statusServiceClient struct {
@@ -56,6 +76,35 @@ func (c *statusServiceClient) GetMessage(ctx context.Context, in *GetMessageRequ
 	return out, nil
 }
 
+func (c *statusServiceClient) ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListEventsResponse)
+	err := c.cc.Invoke(ctx, StatusService_ListEvents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *statusServiceClient) WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &StatusService_ServiceDesc.Streams[0], StatusService_WatchEvents_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchEventsRequest, WatchEventsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type StatusService_WatchEventsClient = grpc.ServerStreamingClient[WatchEventsResponse]
+
 // StatusServiceServer is the server API for StatusService service.
 // All implementations must embed UnimplementedStatusServiceServer
 // for forward compatibility.
@@ -70,6 +119,24 @@ type StatusServiceServer interface {
 	// Errors: INVALID_ARGUMENT (message_id empty or malformed), NOT_FOUND (no
 	// such message, or its events have aged out of retention), UNAVAILABLE.
 	GetMessage(context.Context, *GetMessageRequest) (*GetMessageResponse, error)
+	// ListEvents lists events matching a filter, oldest first, a page at a
+	// time. A message_id filter reads only that message's events; the other
+	// filters scan the tenant's events from the start of the time range, so a
+	// page may hold fewer than page_size events (even none) while
+	// next_page_token is still set: keep paging until it is empty.
+	//
+	// Errors: INVALID_ARGUMENT (a filter field or page_token malformed, named
+	// in the BadRequest detail), UNAVAILABLE.
+	ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error)
+	// WatchEvents streams events matching a filter as they are recorded, each
+	// exactly once and in recording order (so in order per message), until
+	// the caller cancels. It starts after cursor when given (resuming a
+	// broken stream loses and repeats nothing), else at filter.since when
+	// given, else with events recorded from now on. filter.until is ignored.
+	//
+	// Errors: INVALID_ARGUMENT (malformed filter or cursor), OUT_OF_RANGE (the
+	// cursor's events have aged out of retention), UNAVAILABLE.
+	WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error
 	mustEmbedUnimplementedStatusServiceServer()
 }
 
@@ -82,6 +149,12 @@ type UnimplementedStatusServiceServer struct{}
 
 func (UnimplementedStatusServiceServer) GetMessage(context.Context, *GetMessageRequest) (*GetMessageResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetMessage not implemented")
+}
+func (UnimplementedStatusServiceServer) ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListEvents not implemented")
+}
+func (UnimplementedStatusServiceServer) WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchEvents not implemented")
 }
 func (UnimplementedStatusServiceServer) mustEmbedUnimplementedStatusServiceServer() {}
 func (UnimplementedStatusServiceServer) testEmbeddedByValue()                       {}
@@ -122,6 +195,35 @@ func _StatusService_GetMessage_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _StatusService_ListEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StatusServiceServer).ListEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: StatusService_ListEvents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StatusServiceServer).ListEvents(ctx, req.(*ListEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _StatusService_WatchEvents_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchEventsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(StatusServiceServer).WatchEvents(m, &grpc.GenericServerStream[WatchEventsRequest, WatchEventsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type StatusService_WatchEventsServer = grpc.ServerStreamingServer[WatchEventsResponse]
+
 // StatusService_ServiceDesc is the grpc.ServiceDesc for StatusService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -133,7 +235,17 @@ var StatusService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "GetMessage",
 			Handler:    _StatusService_GetMessage_Handler,
 		},
+		{
+			MethodName: "ListEvents",
+			Handler:    _StatusService_ListEvents_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchEvents",
+			Handler:       _StatusService_WatchEvents_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "postflow/v1/status.proto",
 }
