@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -40,18 +41,85 @@ type ReceiverOptions struct {
 	MessageSizeLimit int
 	// NoPipelining leaves PIPELINING (RFC 2920) out of the EHLO reply.
 	NoPipelining bool
+
+	// LocalDomains (StartPostfix only) are recipient domains delivered by
+	// local(8), as a host's own domain is: smtpd accepts any user at RCPT,
+	// and local(8) then delivers to the mailbox of the system user of that
+	// name (see LocalMailbox) or, for a user /etc/passwd does not know,
+	// bounces with an RFC 3464 DSN ("unknown user", 5.1.1) to the envelope
+	// sender. Aliases and .forward files are not read.
+	LocalDomains []string
+	// Transport (StartPostfix only) routes mail for a domain, by exact
+	// domain name, to a Postfix transport (transport(5)), e.g.
+	// "smtp:[127.0.0.1]:2526". Only mail Postfix itself originates, such
+	// as its DSNs, can use it: relaying stays refused, and mail for every
+	// other remote domain still fails with "outbound mail is disabled".
+	// The smtp client never uses TLS.
+	Transport map[string]string
 }
 
 // PostfixOptions configures StartPostfix.
 type PostfixOptions = ReceiverOptions
 
+// validate checks opts for a receiver that implements only the options
+// all receivers share (StartHaraka): Domains are required, and the Postfix
+// options are refused rather than silently ignored.
 func (o ReceiverOptions) validate() error {
 	var errs []error
 	if len(o.Domains) == 0 {
 		errs = append(errs, errors.New("no Domains"))
 	}
+	if len(o.LocalDomains) > 0 || len(o.Transport) > 0 {
+		errs = append(errs, errors.New("LocalDomains and Transport are supported by StartPostfix only"))
+	}
+	return errors.Join(append(errs, o.validateCommon())...)
+}
+
+// validatePostfix checks opts for StartPostfix: at least one of Domains
+// and LocalDomains, no domain in both, and transports only for domains
+// Postfix does not deliver itself.
+func (o ReceiverOptions) validatePostfix() error {
+	var errs []error
+	if len(o.Domains) == 0 && len(o.LocalDomains) == 0 {
+		errs = append(errs, errors.New("no Domains or LocalDomains"))
+	}
+	own := func(d string) bool {
+		eq := func(e string) bool { return strings.EqualFold(e, d) }
+		return slices.ContainsFunc(o.Domains, eq) || slices.ContainsFunc(o.LocalDomains, eq)
+	}
+	for i, d := range o.LocalDomains {
+		if badDomain(d) {
+			errs = append(errs, fmt.Errorf("bad local domain %q", d))
+		}
+		if slices.ContainsFunc(o.Domains, func(e string) bool { return strings.EqualFold(e, d) }) ||
+			slices.ContainsFunc(o.LocalDomains[:i], func(e string) bool { return strings.EqualFold(e, d) }) {
+			errs = append(errs, fmt.Errorf("local domain %q is listed twice", d))
+		}
+	}
+	for _, d := range slices.Sorted(maps.Keys(o.Transport)) {
+		switch t := o.Transport[d]; {
+		case badDomain(d):
+			errs = append(errs, fmt.Errorf("bad transport domain %q", d))
+		case own(d):
+			errs = append(errs, fmt.Errorf("transport domain %q is one Postfix delivers itself", d))
+		case !strings.Contains(t, ":") || strings.ContainsAny(t, " \t\r\n,#"):
+			errs = append(errs, fmt.Errorf("transport %q for %s is not of the form transport:nexthop", t, d))
+		}
+	}
+	return errors.Join(append(errs, o.validateCommon())...)
+}
+
+// badDomain reports whether d cannot be written into Postfix's and
+// Haraka's configuration as a domain name.
+func badDomain(d string) bool {
+	return d == "" || strings.ContainsAny(d, " \t\r\n/@,:{}=#[]")
+}
+
+// validateCommon checks the options every receiver implements.
+func (o ReceiverOptions) validateCommon() error {
+	var errs []error
 	for _, d := range o.Domains {
-		if d == "" || strings.ContainsAny(d, " \t\r\n/@,") {
+		if badDomain(d) {
 			errs = append(errs, fmt.Errorf("bad domain %q", d))
 		}
 	}
@@ -74,14 +142,17 @@ func (o ReceiverOptions) validate() error {
 // test domains. It never touches /etc/postfix or a system instance: it has
 // its own config, queue and data directories and is driven with
 // `postfix -c DIR`. It listens on one loopback port only, delivers accepted
-// mail to one maildir with virtual(8) and relays nothing.
+// mail for Domains to one maildir with virtual(8) and for LocalDomains to
+// private mailboxes with local(8), relays nothing, and sends nothing
+// anywhere but through ReceiverOptions.Transport.
 type Postfix struct {
-	addr    netip.AddrPort
-	base    string // instance root, removed at cleanup
-	conf    string // config_directory
-	spool   string // queue_directory
-	maildir string // where virtual(8) delivers every accepted recipient
-	logFile string
+	addr      netip.AddrPort
+	base      string // instance root, removed at cleanup
+	conf      string // config_directory
+	spool     string // queue_directory
+	maildir   string // where virtual(8) delivers every accepted recipient
+	localMail string // mail_spool_directory of local(8): one mbox per user
+	logFile   string
 }
 
 // StartPostfix installs Debian's postfix package if it is missing (see
@@ -92,12 +163,14 @@ type Postfix struct {
 //
 // Postfix answers an address of RejectRecipients with "550 5.1.1 <addr>:
 // Recipient address rejected: User unknown in virtual mailbox table" and a
-// domain outside Domains with "554 5.7.1 <addr>: Relay access denied". Every
-// SMTP command and reply is logged (debug_peer_list), so Log shows what the
-// client sent.
+// domain outside Domains and LocalDomains with "554 5.7.1 <addr>: Relay
+// access denied". It accepts every user of LocalDomains and bounces unknown
+// ones asynchronously (see LocalDomains). Every SMTP command and reply of a
+// loopback peer, its own smtp client's included, is logged
+// (debug_peer_list), so Log shows what the client sent.
 func StartPostfix(t testing.TB, opts PostfixOptions) *Postfix {
 	t.Helper()
-	if err := opts.validate(); err != nil {
+	if err := opts.validatePostfix(); err != nil {
 		t.Fatalf("testenv: StartPostfix: %v", err)
 	}
 	if os.Geteuid() != 0 {
@@ -114,11 +187,12 @@ func StartPostfix(t testing.TB, opts PostfixOptions) *Postfix {
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(base) })
 	p := &Postfix{
-		base:    base,
-		conf:    filepath.Join(base, "etc"),
-		spool:   filepath.Join(base, "spool"),
-		maildir: filepath.Join(base, "mail", "inbox"),
-		logFile: filepath.Join(base, "maillog"),
+		base:      base,
+		conf:      filepath.Join(base, "etc"),
+		spool:     filepath.Join(base, "spool"),
+		maildir:   filepath.Join(base, "mail", "inbox"),
+		localMail: filepath.Join(base, "localmail"),
+		logFile:   filepath.Join(base, "maillog"),
 	}
 	data, mail := filepath.Join(base, "data"), filepath.Join(base, "mail")
 	for _, d := range []struct {
@@ -131,6 +205,9 @@ func StartPostfix(t testing.TB, opts PostfixOptions) *Postfix {
 		{p.spool, 0, 0, 0o755},
 		{data, uid, gid, 0o700},
 		{mail, uid, gid, 0o700},
+		// A traditional /var/mail (world-writable, sticky): local(8)
+		// creates each user's mbox as a file of that user's, mode 0600.
+		{p.localMail, 0, 0, 0o777 | os.ModeSticky},
 	} {
 		if err := os.MkdirAll(d.path, d.mode); err != nil {
 			t.Fatalf("testenv: postfix: %v", err)
@@ -151,11 +228,18 @@ func StartPostfix(t testing.TB, opts PostfixOptions) *Postfix {
 
 	port := freePort(t)
 	p.addr = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(port))
+	services := postfixServices
+	if len(opts.LocalDomains) > 0 {
+		// local(8) runs as root (unprivileged "n") to take on each
+		// recipient's identity.
+		services += "local     unix  -       n       n       -       -       local\n"
+	}
 	files := map[string]string{
 		"main.cf": p.mainCF(opts, uid, gid),
 		"master.cf": fmt.Sprintf("# Generated by testenv.StartPostfix.\n"+
-			"127.0.0.1:%d inet n - n - - smtpd\n%s", port, postfixServices),
-		"vmailbox": postfixMailboxMap(opts),
+			"127.0.0.1:%d inet n - n - - smtpd\n%s", port, services),
+		"vmailbox":  postfixMailboxMap(opts),
+		"transport": postfixTransportMap(opts),
 	}
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(p.conf, name), []byte(content), 0o644); err != nil {
@@ -219,7 +303,7 @@ maillog_file = %s
 maillog_file_prefixes = %s
 mail_owner = postfix
 setgid_group = postdrop
-myhostname = mx.postfix.test
+myhostname = %s
 mydomain = postfix.test
 myorigin = $myhostname
 smtpd_banner = $myhostname ESMTP Postfix
@@ -229,8 +313,9 @@ inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 
 # A receiving MX: loopback clients are ordinary remote clients, so nothing
-# relays and no header is rewritten; mail is accepted only for the virtual
-# domains, and only for the users the mailbox map knows.
+# relays and no header is rewritten; mail is accepted only for the users
+# of the virtual domains that the mailbox map knows, and for any user of
+# the local domains (mydestination).
 mynetworks = 127.0.0.2/32
 smtpd_relay_restrictions = reject_unauth_destination
 smtpd_recipient_restrictions =
@@ -240,16 +325,14 @@ smtpd_sender_restrictions =
 local_header_rewrite_clients =
 smtpd_peername_lookup = no
 
-# Delivery stays local: the virtual domains go to one maildir, and every
-# other destination is an error (no relaying, no bounces sent anywhere).
-mydestination =
-local_recipient_maps =
-local_transport = error:local delivery is disabled
-alias_maps =
-alias_database =
+# Delivery stays local: the virtual domains go to one maildir, the local
+# domains to local(8), the domains of the transport map (bounces) where
+# it says, and every other destination is an error (no relaying, no
+# bounces sent anywhere else).
 relay_domains =
 default_transport = error:outbound mail is disabled
 relay_transport = error:outbound mail is disabled
+transport_maps = texthash:%s
 notify_classes =
 virtual_mailbox_domains = %s
 virtual_mailbox_maps = regexp:%s
@@ -263,8 +346,41 @@ virtual_mailbox_limit = 0
 # Every command and reply of a loopback client goes to the log.
 debug_peer_list = 127.0.0.1
 debug_peer_level = 1
-`, strings.Join(opts.Domains, ", "), p.spool, filepath.Join(p.base, "data"), p.logFile, p.base,
+`, strings.Join(slices.Concat(opts.Domains, opts.LocalDomains), ", "), p.spool, filepath.Join(p.base, "data"), p.logFile, p.base,
+		postfixHostname, filepath.Join(p.conf, "transport"),
 		strings.Join(opts.Domains, ", "), filepath.Join(p.conf, "vmailbox"), filepath.Join(p.base, "mail"), uid, gid, uid)
+	if len(opts.LocalDomains) == 0 {
+		b.WriteString(`mydestination =
+local_recipient_maps =
+local_transport = error:local delivery is disabled
+alias_maps =
+alias_database =
+`)
+	} else {
+		// An empty local_recipient_maps makes smtpd accept every user, so
+		// that local(8), not smtpd, finds the unknown ones: it bounces them
+		// with "unknown user" (5.1.1), and the bounce daemon sends the DSN.
+		// Nothing of the host is read: no aliases, no .forward, no
+		// /var/mail.
+		fmt.Fprintf(&b, `mydestination = %s
+local_recipient_maps =
+local_transport = local
+alias_maps =
+alias_database =
+forward_path =
+allow_mail_to_commands =
+allow_mail_to_files =
+mailbox_command =
+home_mailbox =
+mail_spool_directory = %s
+mailbox_size_limit = 0
+`, strings.Join(opts.LocalDomains, ", "), p.localMail)
+	}
+	if len(opts.Transport) > 0 {
+		// The smtp client only ever talks to listeners of the test, which
+		// need not offer STARTTLS.
+		b.WriteString("smtp_tls_security_level = none\n")
+	}
 	if opts.CertFile != "" {
 		fmt.Fprintf(&b, "smtpd_tls_security_level = may\nsmtpd_tls_cert_file = %s\nsmtpd_tls_key_file = %s\nsmtpd_tls_loglevel = 1\n",
 			opts.CertFile, opts.KeyFile)
@@ -284,10 +400,29 @@ debug_peer_level = 1
 	return b.String()
 }
 
+// postfixHostname is the instance's myhostname: its greeting, its Received
+// lines, and the Reporting-MTA of its DSNs.
+const postfixHostname = "mx.postfix.test"
+
+// postfixTransportMap is the transport_maps texthash table of
+// opts.Transport. Exact domain keys only: parent_domain_matches_subdomains
+// does not list transport_maps, so "d" matches no subdomain of d.
+func postfixTransportMap(opts PostfixOptions) string {
+	var b strings.Builder
+	b.WriteString("# Generated by testenv.StartPostfix.\n")
+	for _, d := range slices.Sorted(maps.Keys(opts.Transport)) {
+		fmt.Fprintf(&b, "%s %s\n", d, opts.Transport[d])
+	}
+	return b.String()
+}
+
 // postfixMailboxMap is the virtual_mailbox_maps regexp table: every address
 // in the domains maps to the one maildir "inbox/", except the rejected ones,
 // which are not found, so that smtpd refuses them as unknown users.
 func postfixMailboxMap(opts PostfixOptions) string {
+	if len(opts.Domains) == 0 {
+		return "# Generated by testenv.StartPostfix: no virtual domains.\n"
+	}
 	quote := func(list []string) string {
 		q := make([]string, len(list))
 		for i, s := range list {
@@ -379,6 +514,18 @@ func (p *Postfix) Messages() [][]byte {
 		msgs[i] = bytes.ReplaceAll(m, []byte("\n"), []byte("\r\n"))
 	}
 	return msgs
+}
+
+// Hostname returns Postfix's myhostname, which it greets with and names
+// as the Reporting-MTA ("dns; mx.postfix.test") of its DSNs.
+func (p *Postfix) Hostname() string { return postfixHostname }
+
+// LocalMailbox returns the mbox file into which local(8) delivered the
+// mail for user of LocalDomains (every message, each after its "From "
+// line and Postfix's trace headers), or "" when nothing was delivered.
+func (p *Postfix) LocalMailbox(user string) string {
+	b, _ := os.ReadFile(filepath.Join(p.localMail, user))
+	return string(b)
 }
 
 // WaitForMessages polls until at least n messages were delivered and
