@@ -100,7 +100,8 @@ func (w *Writer) Write(ctx context.Context, evs ...*postflowv1.Event) error {
 }
 
 // BounceMsgs encodes the events that end a recipient in failure (bounced,
-// expired) as records for the BOUNCES stream, in the same batch as their
+// expired, whether from an attempt or a DSN) and complaints as records for
+// the BOUNCES stream, in the same batch as their
 // events. The Nats-Msg-Id derives from the event's id, which is the same
 // for every redelivery of the attempt, so a worker that dies between
 // publishing and acking cannot make two records (TESTPLAN A10) as long as
@@ -108,8 +109,9 @@ func (w *Writer) Write(ctx context.Context, evs ...*postflowv1.Event) error {
 func BounceMsgs(evs ...*postflowv1.Event) ([]*nats.Msg, error) {
 	var msgs []*nats.Msg
 	for _, ev := range evs {
-		switch ev.GetState() {
-		case postflowv1.RecipientState_RECIPIENT_STATE_BOUNCED, postflowv1.RecipientState_RECIPIENT_STATE_EXPIRED:
+		switch {
+		case ev.GetType() == postflowv1.EventType_EVENT_TYPE_COMPLAINT:
+		case ev.GetState() == postflowv1.RecipientState_RECIPIENT_STATE_BOUNCED, ev.GetState() == postflowv1.RecipientState_RECIPIENT_STATE_EXPIRED:
 		default:
 			continue
 		}
@@ -208,6 +210,78 @@ func (r *Reader) Message(ctx context.Context, tenant, messageID string) ([]*post
 	return evs, nil
 }
 
+// MessageLast returns the latest event of any recipient of one message, nil
+// if it has none. Workers read it on a job's first delivery: when it is a
+// "queued" event, nothing has happened to the message since Send (no
+// attempt, no Cancel), so no recipient needs its own look-up.
+func (r *Reader) MessageLast(ctx context.Context, tenant, messageID string) (*postflowv1.Event, error) {
+	st, err := r.stream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := st.GetLastMsgForSubject(ctx, queue.MessageEventsFilter(tenant, messageID))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("eventlog: last event of %s: %w", messageID, err)
+	}
+	ev := &postflowv1.Event{}
+	if err := proto.Unmarshal(raw.Data, ev); err != nil {
+		return nil, fmt.Errorf("eventlog: decode: %w", err)
+	}
+	return ev, nil
+}
+
+// Recipient returns the first event of one recipient of a message in any
+// tenant, or ErrNotFound: the bounce role knows a message id and recipient
+// index from a return path, and learns the tenant and address from it.
+func (r *Reader) Recipient(ctx context.Context, messageID string, index int) (*postflowv1.Event, error) {
+	st, err := r.stream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := st.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(queue.EventSubject("*", messageID, index)))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("eventlog: read %s-%d: %w", messageID, index, err)
+	}
+	ev := &postflowv1.Event{}
+	if err := proto.Unmarshal(raw.Data, ev); err != nil {
+		return nil, fmt.Errorf("eventlog: decode: %w", err)
+	}
+	return ev, nil
+}
+
+// Header returns the value of header name on the first of one message's
+// events that carries it, walking them in stream order; "" when none does.
+// It returns ErrNotFound when the message has no events.
+func (r *Reader) Header(ctx context.Context, tenant, messageID, name string) (string, error) {
+	st, err := r.stream(ctx)
+	if err != nil {
+		return "", err
+	}
+	filter := queue.MessageEventsFilter(tenant, messageID)
+	for seq := uint64(1); ; {
+		raw, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(filter))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			if seq == 1 {
+				return "", ErrNotFound
+			}
+			return "", nil
+		}
+		if err != nil {
+			return "", fmt.Errorf("eventlog: read %s: %w", messageID, err)
+		}
+		if v := raw.Header.Get(name); v != "" {
+			return v, nil
+		}
+		seq = raw.Sequence + 1
+	}
+}
+
 // LastState returns the latest state recorded for one recipient, or
 // RECIPIENT_STATE_UNSPECIFIED if it has no events.
 func (r *Reader) LastState(ctx context.Context, tenant, messageID string, index int) (postflowv1.RecipientState, error) {
@@ -252,9 +326,11 @@ func (r *Reader) IsFinal(ctx context.Context, tenant, messageID string, index in
 // is read.
 func (r *Reader) Progress(ctx context.Context, tenant, messageID string, index int) (final bool, attempt int32, err error) {
 	last, err := r.last(ctx, tenant, messageID, index)
-	if err != nil || last.GetState() != postflowv1.RecipientState_RECIPIENT_STATE_QUEUED {
+	if err != nil || last == nil || isStateChange(last) && last.GetState() != postflowv1.RecipientState_RECIPIENT_STATE_QUEUED {
 		return Final(last.GetState()), last.GetAttempt(), err
 	}
+	// A late "queued" event, or a report (a complaint) that changes no
+	// state, hides the state: read them all.
 	st, err := r.stream(ctx)
 	if err != nil {
 		return false, 0, err
@@ -273,9 +349,34 @@ func (r *Reader) Progress(ctx context.Context, tenant, messageID string, index i
 			return false, 0, fmt.Errorf("eventlog: decode: %w", err)
 		}
 		attempt = max(attempt, ev.GetAttempt())
-		final = final || Final(ev.GetState())
+		final = final || isStateChange(ev) && Final(ev.GetState())
 		seq = raw.Sequence + 1
 	}
+}
+
+// isStateChange reports whether ev sets its recipient's state: every event
+// but a complaint does.
+func isStateChange(ev *postflowv1.Event) bool {
+	return ev.GetType() != postflowv1.EventType_EVENT_TYPE_COMPLAINT && ev.GetState() != postflowv1.RecipientState_RECIPIENT_STATE_UNSPECIFIED
+}
+
+// supersedes reports whether ev replaces final, a recipient's final state.
+// Only an asynchronous bounce does, and only a delivery: the receiving
+// server accepted the message and later found it could not deliver it
+// (RFC 3464 §1). Every other final state is kept.
+func supersedes(final postflowv1.RecipientState, ev *postflowv1.Event) bool {
+	return final == postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED &&
+		ev.GetType() == postflowv1.EventType_EVENT_TYPE_DSN &&
+		ev.GetState() == postflowv1.RecipientState_RECIPIENT_STATE_BOUNCED
+}
+
+// ReportEventID derives the stable id of an event made from an
+// asynchronous report (a DSN or a complaint) about one recipient. key
+// identifies the report, e.g. its Message-ID: a report the remote sends
+// twice, or the bounce role processes twice, makes one event.
+func ReportEventID(recipientID string, t postflowv1.EventType, key string) string {
+	h := sha256.Sum256([]byte(recipientID + "\x00report\x00" + t.String() + "\x00" + key))
+	return strings.ToLower(idEncoding.EncodeToString(h[:15]))
 }
 
 // Summarize derives each recipient's status from a message's events, given
@@ -297,7 +398,10 @@ func Summarize(evs []*postflowv1.Event) []*postflowv1.RecipientStatus {
 		if rs.UpdatedAt == nil || ev.GetTime().AsTime().After(rs.UpdatedAt.AsTime()) {
 			rs.UpdatedAt = ev.GetTime()
 		}
-		if Final(rs.State) {
+		if !isStateChange(ev) {
+			continue
+		}
+		if Final(rs.State) && !supersedes(rs.State, ev) {
 			continue
 		}
 		if ev.GetState() == postflowv1.RecipientState_RECIPIENT_STATE_QUEUED && rs.State != postflowv1.RecipientState_RECIPIENT_STATE_UNSPECIFIED {

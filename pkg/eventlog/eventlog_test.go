@@ -615,3 +615,84 @@ func TestWriterRecordsOneBouncePerFailure(t *testing.T) {
 		t.Fatalf("last bounce record = %v, %v; want the expired recipient's event", &ev, err)
 	}
 }
+
+func report(e *postflowv1.Event, typ postflowv1.EventType) *postflowv1.Event {
+	e.Type = typ
+	e.EventId = eventlog.ReportEventID(e.GetRecipientId(), typ, "report-"+e.GetState().String())
+	return e
+}
+
+// TestSummarizeReports: a complaint changes no state; an asynchronous
+// bounce (a DSN) replaces a delivery, and nothing else.
+func TestSummarizeReports(t *testing.T) {
+	t.Parallel()
+	const msg = "reportsreportsreportsrep"
+	tests := []struct {
+		name string
+		evs  []*postflowv1.Event
+		want postflowv1.RecipientState
+	}{
+		{"dsn after delivery", []*postflowv1.Event{msgEvent(msg, 0, queued, 0), msgEvent(msg, 0, delivered, 1), report(msgEvent(msg, 0, bounced, 1), postflowv1.EventType_EVENT_TYPE_DSN)}, bounced},
+		{"complaint after delivery", []*postflowv1.Event{msgEvent(msg, 0, delivered, 1), report(msgEvent(msg, 0, unspecified, 1), postflowv1.EventType_EVENT_TYPE_COMPLAINT)}, delivered},
+		{"dsn after cancel", []*postflowv1.Event{msgEvent(msg, 0, canceled, 0), report(msgEvent(msg, 0, bounced, 1), postflowv1.EventType_EVENT_TYPE_DSN)}, canceled},
+		{"attempt bounce after delivery", []*postflowv1.Event{msgEvent(msg, 0, delivered, 1), msgEvent(msg, 0, bounced, 2)}, delivered},
+	}
+	for _, tc := range tests {
+		got := eventlog.Summarize(tc.evs)
+		if len(got) != 1 || got[0].GetState() != tc.want || len(got[0].GetEvents()) != len(tc.evs) {
+			t.Errorf("%s: state %v with %d events, want %v with %d", tc.name, got[0].GetState(), len(got[0].GetEvents()), tc.want, len(tc.evs))
+		}
+	}
+}
+
+// TestMessageLastAndHeader: the message-wide reads workers and Send use.
+func TestMessageLastAndHeader(t *testing.T) {
+	t.Parallel()
+	ctx, w, r, _, js := startEventsJS(t)
+	const msg = "lastfirstlastfirstlastfi"
+	if ev, err := r.MessageLast(ctx, "acme", msg); err != nil || ev != nil {
+		t.Fatalf("MessageLast of nothing = %v, %v", ev, err)
+	}
+	if _, err := r.Header(ctx, "acme", msg, "X-Test"); !errors.Is(err, eventlog.ErrNotFound) {
+		t.Fatalf("Header of nothing: %v, want ErrNotFound", err)
+	}
+	// A worker's event stored before Send's own (they go to different
+	// streams), then Send's events with the header.
+	if err := w.Write(ctx, msgEvent(msg, 1, delivered, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := r.Header(ctx, "acme", msg, "X-Test"); err != nil || v != "" {
+		t.Fatalf("Header before any carries it = %q, %v", v, err)
+	}
+	sent, err := eventlog.Msgs(msgEvent(msg, 0, queued, 0), msgEvent(msg, 1, queued, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range sent {
+		m.Header.Set("X-Test", "digest")
+	}
+	if err := queue.NewPublisher(js).Publish(ctx, sent...); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := r.Header(ctx, "acme", msg, "X-Test"); err != nil || v != "digest" {
+		t.Fatalf("Header = %q, %v; want digest", v, err)
+	}
+	// The bounce role finds a recipient knowing no tenant.
+	if ev, err := r.Recipient(ctx, msg, 1); err != nil || ev.GetTenant() != "acme" || ev.GetState() != delivered {
+		t.Fatalf("Recipient = %v, %v; want acme's first event of recipient 1", ev, err)
+	}
+	if _, err := r.Recipient(ctx, msg, 2); !errors.Is(err, eventlog.ErrNotFound) {
+		t.Fatalf("Recipient of an unknown index: %v, want ErrNotFound", err)
+	}
+	last, err := r.MessageLast(ctx, "acme", msg)
+	if err != nil || last.GetState() != queued || last.GetRecipientId() != msg+"-1" {
+		t.Fatalf("MessageLast = %v, %v; want recipient 1's late queued event", last, err)
+	}
+	// A complaint after the delivery leaves the recipient final.
+	if err := w.Write(ctx, report(msgEvent(msg, 1, unspecified, 1), postflowv1.EventType_EVENT_TYPE_COMPLAINT)); err != nil {
+		t.Fatal(err)
+	}
+	if final, attempt, err := r.Progress(ctx, "acme", msg, 1); err != nil || !final || attempt != 1 {
+		t.Fatalf("Progress after a complaint = %v, %d, %v; want final at attempt 1", final, attempt, err)
+	}
+}

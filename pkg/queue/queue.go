@@ -26,6 +26,9 @@ const (
 	BouncesStream = "BOUNCES"
 	// WorkerConsumer is the durable pull consumer every worker shares.
 	WorkerConsumer = "workers"
+	// BounceConsumer is the durable pull consumer on BOUNCES that every
+	// bounce role shares: it turns bounce records into suppressions.
+	BounceConsumer = "bounce"
 )
 
 // Subject prefixes. Subjects end in tokens chosen by Postflow (tenant names,
@@ -148,7 +151,7 @@ func (c Config) EventsConfig() jetstream.StreamConfig {
 func (c Config) BouncesConfig() jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        BouncesStream,
-		Description: "Postflow bounce records: permanent failures and expiries, one per recipient",
+		Description: "Postflow bounce records: permanent failures, expiries and complaints, one per recipient and report",
 		Subjects:    []string{bouncesPrefix + ">"},
 		Retention:   jetstream.LimitsPolicy,
 		Discard:     jetstream.DiscardOld,
@@ -168,6 +171,22 @@ func (c Config) WorkerConsumerConfig() jetstream.ConsumerConfig {
 		AckWait:       c.AckWait,
 		MaxDeliver:    c.MaxDeliver,
 		MaxAckPending: c.MaxAckPending,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		ReplayPolicy:  jetstream.ReplayInstantPolicy,
+	}
+}
+
+// BounceConsumerConfig is the bounce roles' shared durable pull consumer
+// on BOUNCES. Handling a record is idempotent (a suppression entry is
+// written again), so redelivery is harmless and MaxDeliver is unbounded.
+func (c Config) BounceConsumerConfig() jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       BounceConsumer,
+		Description:   "Postflow bounce role: suppression",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       c.AckWait,
+		MaxDeliver:    -1,
+		MaxAckPending: 1000,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		ReplayPolicy:  jetstream.ReplayInstantPolicy,
 	}
@@ -194,7 +213,8 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Ensure creates or updates the streams and the worker consumer. It is safe
+// Ensure creates or updates the streams and the worker and bounce
+// consumers. It is safe
 // to call concurrently from several processes.
 func Ensure(ctx context.Context, js jetstream.JetStream, c Config) error {
 	for _, sc := range []jetstream.StreamConfig{c.OutboundConfig(), c.EventsConfig(), c.BouncesConfig()} {
@@ -204,6 +224,9 @@ func Ensure(ctx context.Context, js jetstream.JetStream, c Config) error {
 	}
 	if _, err := js.CreateOrUpdateConsumer(ctx, OutboundStream, c.WorkerConsumerConfig()); err != nil {
 		return fmt.Errorf("queue: ensure consumer %s: %w", WorkerConsumer, err)
+	}
+	if _, err := js.CreateOrUpdateConsumer(ctx, BouncesStream, c.BounceConsumerConfig()); err != nil {
+		return fmt.Errorf("queue: ensure consumer %s: %w", BounceConsumer, err)
 	}
 	return nil
 }
