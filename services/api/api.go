@@ -25,6 +25,7 @@ import (
 	"github.com/postflow/postflow/pkg/eventlog"
 	"github.com/postflow/postflow/pkg/mailmsg"
 	"github.com/postflow/postflow/pkg/queue"
+	"github.com/postflow/postflow/pkg/suppression"
 	postflowv1 "github.com/postflow/postflow/proto/postflow/v1"
 )
 
@@ -59,6 +60,10 @@ type Deps struct {
 	Now func() time.Time
 	// Shaping, if set, serves ShapingService.
 	Shaping *ShapingDeps
+	// Suppression is the tenants' suppression lists: Send consults it and
+	// SuppressionService manages it. Nil disables both (tests of other
+	// parts only).
+	Suppression *suppression.Store
 }
 
 // Server implements MailService and StatusService.
@@ -68,7 +73,9 @@ type Server struct {
 
 	cfg    Config
 	pub    *queue.Publisher
+	events *eventlog.Writer
 	reader *eventlog.Reader
+	supp   *suppression.Store
 	log    *slog.Logger
 	now    func() time.Time
 }
@@ -83,7 +90,9 @@ func NewServer(cfg Config, deps Deps) *Server {
 	return &Server{
 		cfg:    cfg,
 		pub:    pub,
+		events: eventlog.NewWriter(pub),
 		reader: eventlog.NewReader(deps.JS),
+		supp:   deps.Suppression,
 		log:    deps.Logger,
 		now:    now,
 	}
@@ -111,13 +120,16 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	)
 	postflowv1.RegisterMailServiceServer(gs, srv)
 	postflowv1.RegisterStatusServiceServer(gs, srv)
+	if deps.Suppression != nil {
+		postflowv1.RegisterSuppressionServiceServer(gs, &suppressionServer{store: deps.Suppression, tenant: cfg.Tenant, now: srv.now, log: deps.Logger})
+	}
 	if deps.Shaping != nil {
 		postflowv1.RegisterShapingServiceServer(gs, &shapingServer{deps: *deps.Shaping, js: deps.JS})
 	}
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
-	for _, name := range []string{"", postflowv1.MailService_ServiceDesc.ServiceName, postflowv1.StatusService_ServiceDesc.ServiceName} {
+	for _, name := range []string{"", postflowv1.MailService_ServiceDesc.ServiceName, postflowv1.StatusService_ServiceDesc.ServiceName, postflowv1.SuppressionService_ServiceDesc.ServiceName} {
 		hs.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
 	}
 

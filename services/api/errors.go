@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"strconv"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -17,7 +18,11 @@ import (
 // causes never reach the client: unknown errors become a generic INTERNAL.
 func toStatus(err error) *status.Status {
 	var ve *mailmsg.ValidationError
+	var grpcErr interface{ GRPCStatus() *status.Status }
 	switch {
+	case errors.As(err, &grpcErr):
+		// Already a deliberate status (ALREADY_EXISTS, say).
+		return grpcErr.GRPCStatus()
 	case errors.As(err, &ve):
 		br := &errdetails.BadRequest{}
 		for _, v := range ve.Violations {
@@ -50,5 +55,19 @@ func toStatus(err error) *status.Status {
 // warning in our logs.
 func isClientError(err error) bool {
 	var ve *mailmsg.ValidationError
-	return errors.As(err, &ve)
+	if errors.As(err, &ve) || errors.Is(err, eventlog.ErrNotFound) {
+		return true
+	}
+	switch status.Code(err) {
+	case codes.AlreadyExists, codes.InvalidArgument, codes.NotFound, codes.OutOfRange:
+		return true
+	}
+	return false
 }
+
+// unavailable is UNAVAILABLE with msg: a dependency failed, retry.
+func unavailable(msg string) error {
+	return status.New(codes.Unavailable, msg).Err()
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }

@@ -16,6 +16,7 @@ import (
 	"github.com/postflow/postflow/pkg/eventlog"
 	"github.com/postflow/postflow/pkg/mailmsg"
 	"github.com/postflow/postflow/pkg/queue"
+	"github.com/postflow/postflow/pkg/suppression"
 	"github.com/postflow/postflow/pkg/telemetry"
 	queuev1 "github.com/postflow/postflow/proto/postflow/queue/v1"
 	postflowv1 "github.com/postflow/postflow/proto/postflow/v1"
@@ -71,6 +72,19 @@ func (s *Server) send(ctx context.Context, req *postflowv1.SendRequest) (*postfl
 
 	tenant := s.cfg.Tenant
 	msgID := newMessageID(tenant, req.GetIdempotencyKey())
+	var digest string
+	if req.GetIdempotencyKey() != "" {
+		// Past JetStream's duplicate window, EVENTS still knows the
+		// message: answer from it instead of queueing it again.
+		digest = requestDigest(req)
+		if resp, err := s.replay(ctx, tenant, msgID, digest); resp != nil || err != nil {
+			return resp, err
+		}
+	}
+	suppressed, err := s.suppressed(ctx, tenant, built.Recipients)
+	if err != nil {
+		return nil, err
+	}
 	acceptedAt := timestamppb.New(now)
 	expireAt := timestamppb.New(now.Add(s.cfg.MaxAge))
 	if req.GetExpireAt() != nil {
@@ -86,7 +100,12 @@ func (s *Server) send(ctx context.Context, req *postflowv1.SendRequest) (*postfl
 	byDomain := map[string]*queuev1.DeliveryJob{}
 	for i, rcpt := range built.Recipients {
 		rid := eventlog.RecipientID(msgID, i)
-		resp.Recipients = append(resp.Recipients, &postflowv1.AcceptedRecipient{Address: rcpt.Addr, RecipientId: rid})
+		if sup := suppressed[i]; sup != nil {
+			resp.Recipients = append(resp.Recipients, &postflowv1.AcceptedRecipient{Address: rcpt.Addr, RecipientId: rid, State: postflowv1.RecipientState_RECIPIENT_STATE_SUPPRESSED})
+			queued = append(queued, suppressedEvent(tenant, msgID, rid, rcpt.Addr, acceptedAt, req.GetTags(), sup))
+			continue
+		}
+		resp.Recipients = append(resp.Recipients, &postflowv1.AcceptedRecipient{Address: rcpt.Addr, RecipientId: rid, State: postflowv1.RecipientState_RECIPIENT_STATE_QUEUED})
 		queued = append(queued, &postflowv1.Event{
 			EventId:     eventlog.EventID(rid, 0, postflowv1.RecipientState_RECIPIENT_STATE_QUEUED),
 			Tenant:      tenant,
@@ -125,6 +144,11 @@ func (s *Server) send(ctx context.Context, req *postflowv1.SendRequest) (*postfl
 	if err != nil {
 		return nil, err
 	}
+	if digest != "" {
+		for _, m := range msgs {
+			m.Header.Set(digestHeader, digest)
+		}
+	}
 	for _, job := range jobs {
 		data, err := proto.Marshal(job)
 		if err != nil {
@@ -143,6 +167,7 @@ func (s *Server) send(ctx context.Context, req *postflowv1.SendRequest) (*postfl
 	s.log.InfoContext(ctx, "api: accepted",
 		slog.String("message_id", msgID),
 		slog.Int("recipients", len(built.Recipients)),
+		slog.Int("suppressed", len(suppressed)),
 		slog.Int("jobs", len(jobs)),
 		slog.Int("bytes", len(built.Body)))
 	return resp, nil
@@ -187,4 +212,49 @@ func validExpireAt(ts *timestamppb.Timestamp, now time.Time, maxAge time.Duratio
 		return violation(fmt.Sprintf("must be within the maximum age (%v) from now", maxAge))
 	}
 	return nil
+}
+
+// suppressed returns, by recipient index, the suppression entries of the
+// recipients on the tenant's list.
+func (s *Server) suppressed(ctx context.Context, tenant string, rcpts []mailmsg.Address) (map[int]*postflowv1.Suppression, error) {
+	if s.supp == nil {
+		return nil, nil
+	}
+	addrs := make([]string, len(rcpts))
+	for i, r := range rcpts {
+		addrs[i] = r.Addr
+	}
+	found, err := s.supp.Check(ctx, tenant, addrs)
+	if err != nil {
+		return nil, fmt.Errorf("%w: suppression list: %w", queue.ErrUnavailable, err)
+	}
+	if len(found) == 0 {
+		return nil, nil
+	}
+	out := map[int]*postflowv1.Suppression{}
+	for i, a := range addrs {
+		if norm, err := suppression.Normalize(a); err == nil && found[norm] != nil {
+			out[i] = found[norm]
+		}
+	}
+	return out, nil
+}
+
+// suppressedEvent records that a recipient was not queued because it is on
+// the suppression list. It is final at once: no job carries it.
+func suppressedEvent(tenant, msgID, rid, addr string, at *timestamppb.Timestamp, tags []string, sup *postflowv1.Suppression) *postflowv1.Event {
+	reason := strings.ToLower(strings.TrimPrefix(sup.GetReason().String(), "SUPPRESSION_REASON_"))
+	return &postflowv1.Event{
+		EventId:     eventlog.EventID(rid, 0, postflowv1.RecipientState_RECIPIENT_STATE_SUPPRESSED),
+		Tenant:      tenant,
+		MessageId:   msgID,
+		RecipientId: rid,
+		Recipient:   addr,
+		State:       postflowv1.RecipientState_RECIPIENT_STATE_SUPPRESSED,
+		Time:        at,
+		Tags:        tags,
+		// A synthesised reply (remote = false), so that status shows why.
+		Reply:    &postflowv1.SMTPReply{Code: 550, EnhancedCode: "5.7.1", Text: "recipient is on the suppression list (reason: " + reason + ")"},
+		Category: "suppressed",
+	}
 }

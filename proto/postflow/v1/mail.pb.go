@@ -640,7 +640,11 @@ type AcceptedRecipient struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Address string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
 	// RecipientId is unique across messages: "<message_id>-<index>".
-	RecipientId   string `protobuf:"bytes,2,opt,name=recipient_id,json=recipientId,proto3" json:"recipient_id,omitempty"`
+	RecipientId string `protobuf:"bytes,2,opt,name=recipient_id,json=recipientId,proto3" json:"recipient_id,omitempty"`
+	// State is QUEUED, or SUPPRESSED when the address is on the tenant's
+	// suppression list: that recipient is final at once and gets no SMTP,
+	// while the others proceed.
+	State         RecipientState `protobuf:"varint,3,opt,name=state,proto3,enum=postflow.v1.RecipientState" json:"state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -687,6 +691,13 @@ func (x *AcceptedRecipient) GetRecipientId() string {
 		return x.RecipientId
 	}
 	return ""
+}
+
+func (x *AcceptedRecipient) GetState() RecipientState {
+	if x != nil {
+		return x.State
+	}
+	return RecipientState_RECIPIENT_STATE_UNSPECIFIED
 }
 
 // SMTPReply is a reply from a remote server, or one Postflow synthesised for a
@@ -1088,10 +1099,11 @@ const file_postflow_v1_mail_proto_rawDesc = "" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12>\n" +
 	"\n" +
 	"recipients\x18\x02 \x03(\v2\x1e.postflow.v1.AcceptedRecipientR\n" +
-	"recipients\"P\n" +
+	"recipients\"\x83\x01\n" +
 	"\x11AcceptedRecipient\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12!\n" +
-	"\frecipient_id\x18\x02 \x01(\tR\vrecipientId\"p\n" +
+	"\frecipient_id\x18\x02 \x01(\tR\vrecipientId\x121\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x1b.postflow.v1.RecipientStateR\x05state\"p\n" +
 	"\tSMTPReply\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12#\n" +
 	"\renhanced_code\x18\x02 \x01(\tR\fenhancedCode\x12\x12\n" +
@@ -1181,21 +1193,22 @@ var file_postflow_v1_mail_proto_depIdxs = []int32{
 	12, // 3: postflow.v1.SendRequest.metadata:type_name -> postflow.v1.SendRequest.MetadataEntry
 	13, // 4: postflow.v1.SendRequest.expire_at:type_name -> google.protobuf.Timestamp
 	8,  // 5: postflow.v1.SendResponse.recipients:type_name -> postflow.v1.AcceptedRecipient
-	0,  // 6: postflow.v1.Event.state:type_name -> postflow.v1.RecipientState
-	13, // 7: postflow.v1.Event.time:type_name -> google.protobuf.Timestamp
-	9,  // 8: postflow.v1.Event.reply:type_name -> postflow.v1.SMTPReply
-	10, // 9: postflow.v1.Event.tls:type_name -> postflow.v1.TLSInfo
-	13, // 10: postflow.v1.Event.next_attempt_at:type_name -> google.protobuf.Timestamp
-	1,  // 11: postflow.v1.Event.type:type_name -> postflow.v1.EventType
-	6,  // 12: postflow.v1.MailService.Send:input_type -> postflow.v1.SendRequest
-	2,  // 13: postflow.v1.MailService.Cancel:input_type -> postflow.v1.CancelRequest
-	7,  // 14: postflow.v1.MailService.Send:output_type -> postflow.v1.SendResponse
-	3,  // 15: postflow.v1.MailService.Cancel:output_type -> postflow.v1.CancelResponse
-	14, // [14:16] is the sub-list for method output_type
-	12, // [12:14] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	0,  // 6: postflow.v1.AcceptedRecipient.state:type_name -> postflow.v1.RecipientState
+	0,  // 7: postflow.v1.Event.state:type_name -> postflow.v1.RecipientState
+	13, // 8: postflow.v1.Event.time:type_name -> google.protobuf.Timestamp
+	9,  // 9: postflow.v1.Event.reply:type_name -> postflow.v1.SMTPReply
+	10, // 10: postflow.v1.Event.tls:type_name -> postflow.v1.TLSInfo
+	13, // 11: postflow.v1.Event.next_attempt_at:type_name -> google.protobuf.Timestamp
+	1,  // 12: postflow.v1.Event.type:type_name -> postflow.v1.EventType
+	6,  // 13: postflow.v1.MailService.Send:input_type -> postflow.v1.SendRequest
+	2,  // 14: postflow.v1.MailService.Cancel:input_type -> postflow.v1.CancelRequest
+	7,  // 15: postflow.v1.MailService.Send:output_type -> postflow.v1.SendResponse
+	3,  // 16: postflow.v1.MailService.Cancel:output_type -> postflow.v1.CancelResponse
+	15, // [15:17] is the sub-list for method output_type
+	13, // [13:15] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_postflow_v1_mail_proto_init() }
