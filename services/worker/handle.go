@@ -88,7 +88,19 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	}()
 
 	rcpts := job.GetRecipients()
-	if deliveries > 1 {
+	fresh := false
+	if deliveries == 1 {
+		// One read tells whether anything happened to the message since
+		// Send: Cancel, or an attempt by a job of another domain.
+		last, err := w.reader.MessageLast(ctx, job.GetTenant(), job.GetMessageId())
+		if err != nil {
+			w.log.WarnContext(ctx, "worker: reading message state", slog.Any("error", err))
+			_ = msg.NakWithDelay(w.cfg.Retry.Min / 10)
+			return
+		}
+		fresh = last.GetState() == postflowv1.RecipientState_RECIPIENT_STATE_QUEUED
+	}
+	if !fresh {
 		prev, pending, err := w.pending(ctx, job)
 		if err != nil {
 			w.log.WarnContext(ctx, "worker: reading recipient state", slog.Any("error", err))
@@ -278,9 +290,17 @@ func (w *Worker) attempt(ctx context.Context, job *queuev1.DeliveryJob, rcpts []
 	if n := dest.Limits.RecipientsPerTransaction; n > 0 && n < chunk {
 		chunk = n
 	}
+	if w.verp != nil {
+		// Each recipient has its own return path, so its own transaction
+		// (on the same session).
+		chunk = 1
+	}
 	all := env.To
 	for lo := 0; lo < len(all); lo += chunk {
 		env.To = all[lo:min(lo+chunk, len(all))]
+		if w.verp != nil {
+			env.From = w.verp.ReturnPath(job.GetMessageId(), int(rcpts[lo].GetIndex()))
+		}
 		res := w.sender.Deliver(dctx, targets, env, body)
 		for busy(res) && w.gate.wait(ctx, dest.Name, dest.Limits.Connections, w.cfg.BusyDelay) {
 			// A rate grant is good for now only: a job that waited for a

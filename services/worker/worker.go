@@ -25,6 +25,7 @@ import (
 	"github.com/postflow/postflow/pkg/routes"
 	"github.com/postflow/postflow/pkg/shaping"
 	"github.com/postflow/postflow/pkg/smtpout"
+	"github.com/postflow/postflow/pkg/verp"
 )
 
 // Config configures the worker role.
@@ -112,6 +113,9 @@ type Deps struct {
 	// Signer, if set, DKIM-signs each message just before it is sent, so
 	// private keys never leave the worker.
 	Signer signer
+	// VERP, if set, gives every recipient its own return path on the
+	// bounce domain, so asynchronous bounces name their recipient.
+	VERP   *verp.Signer
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
@@ -128,6 +132,7 @@ type Worker struct {
 	limit  shaping.Limiter
 	gate   connGate
 	sign   signer
+	verp   *verp.Signer
 	pub    *queue.Publisher
 	events *eventlog.Writer
 	reader *eventlog.Reader
@@ -157,6 +162,7 @@ func New(cfg Config, deps Deps) *Worker {
 		shape:  deps.Shaping,
 		limit:  deps.Limiter,
 		sign:   deps.Signer,
+		verp:   deps.VERP,
 		pub:    queue.NewPublisher(deps.JS),
 		events: eventlog.NewWriter(queue.NewPublisher(deps.JS)),
 		reader: eventlog.NewReader(deps.JS),
