@@ -129,7 +129,11 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
-	for _, name := range []string{"", postflowv1.MailService_ServiceDesc.ServiceName, postflowv1.StatusService_ServiceDesc.ServiceName, postflowv1.SuppressionService_ServiceDesc.ServiceName} {
+	served := []string{"", postflowv1.MailService_ServiceDesc.ServiceName, postflowv1.StatusService_ServiceDesc.ServiceName}
+	if deps.Suppression != nil {
+		served = append(served, postflowv1.SuppressionService_ServiceDesc.ServiceName)
+	}
+	for _, name := range served {
 		hs.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
 	}
 
