@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/x509"
 	"errors"
 	"flag"
@@ -8,17 +9,21 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/postflow/postflow/pkg/bounceclass"
 	"github.com/postflow/postflow/pkg/mailmsg"
 	"github.com/postflow/postflow/pkg/queue"
 	"github.com/postflow/postflow/pkg/retry"
 	"github.com/postflow/postflow/pkg/routes"
 	"github.com/postflow/postflow/pkg/shaping"
 	"github.com/postflow/postflow/pkg/smtpout"
+	"github.com/postflow/postflow/pkg/verp"
+	"github.com/postflow/postflow/services/bounce"
 )
 
 // serveConfig is every knob of `postflow serve`, declared once with its
@@ -52,12 +57,19 @@ type serveConfig struct {
 	Pprof           bool
 	CheckConfig     bool
 
+	BounceDomain       string
+	BounceSMTPAddr     string
+	BounceSecretFile   string
+	SuppressCategories []string
+
 	// Not flags: sized from the above.
 	Queue queue.Config
 	// Not flags: read by finish from RoutesFile and TLSRoots.
 	routes   *routes.Table
 	shaping  *shaping.Config
 	tlsRoots *x509.CertPool
+	// Not a flag: read by finish from BounceDomain and BounceSecretFile.
+	verp *verp.Signer
 	// mtastsPort is the HTTPS port of MTA-STS policy hosts; zero is 443.
 	// Only tests change it.
 	mtastsPort int
@@ -103,6 +115,8 @@ func defaultServeConfig() serveConfig {
 		ShutdownTimeout: 30 * time.Second,
 		LogLevel:        slog.LevelInfo,
 		Queue:           queue.DefaultConfig(),
+
+		SuppressCategories: bounce.DefaultSuppressCategories,
 	}
 }
 
@@ -145,6 +159,19 @@ func serveFlags(fs *flag.FlagSet, cfg *serveConfig) {
 	fs.TextVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn, error")
 	fs.BoolVar(&cfg.Pprof, "pprof", cfg.Pprof, "serve Go profiles under /debug/pprof/ on --http-addr (keep that address private)")
 	fs.BoolVar(&cfg.CheckConfig, "check-config", false, "validate the configuration, print it and exit")
+	fs.DurationVar(&cfg.Queue.EventsMaxAge, "events-retention", cfg.Queue.EventsMaxAge, "how long events (status, history, idempotency keys, bounce records) are kept")
+	fs.StringVar(&cfg.BounceDomain, "bounce-domain", cfg.BounceDomain, "domain of VERP return paths (b+TOKEN@domain); its MX must reach --bounce-smtp-addr. Empty: the sender's address is the return path")
+	fs.StringVar(&cfg.BounceSMTPAddr, "bounce-smtp-addr", cfg.BounceSMTPAddr, "bounce role: listen address for asynchronous bounces and complaints over SMTP (needs --bounce-domain)")
+	fs.StringVar(&cfg.BounceSecretFile, "bounce-secret-file", cfg.BounceSecretFile, "file holding the secret (at least 16 bytes) that authenticates return paths; the same on every worker and bounce role")
+	fs.Func("suppress-categories", "bounce categories that put an address on the suppression list (default bad_mailbox,bad_domain); complaints always do", func(s string) error {
+		cfg.SuppressCategories = []string{}
+		for _, c := range strings.Split(s, ",") {
+			if c = strings.TrimSpace(c); c != "" {
+				cfg.SuppressCategories = append(cfg.SuppressCategories, c)
+			}
+		}
+		return nil
+	})
 }
 
 // envName is the environment variable mirroring a flag: POSTFLOW_<NAME>.
@@ -242,6 +269,7 @@ func (c *serveConfig) finish() error {
 			c.shaping = sc
 		}
 	}
+	errs = append(errs, c.finishBounce()...)
 	if c.TLSRoots != "" {
 		pem, err := os.ReadFile(c.TLSRoots)
 		c.tlsRoots = x509.NewCertPool()
@@ -253,6 +281,41 @@ func (c *serveConfig) finish() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// finishBounce checks the bounce settings and builds the VERP signer.
+func (c *serveConfig) finishBounce() (errs []error) {
+	for _, cat := range c.SuppressCategories {
+		if !slices.Contains(bounceclass.Categories, bounceclass.Category(cat)) {
+			errs = append(errs, fmt.Errorf("--suppress-categories: unknown category %q", cat))
+		}
+	}
+	if c.Queue.EventsMaxAge < time.Hour {
+		errs = append(errs, fmt.Errorf("--events-retention: %v below 1h", c.Queue.EventsMaxAge))
+	}
+	if c.BounceDomain == "" {
+		if c.BounceSMTPAddr != "" {
+			errs = append(errs, errors.New("--bounce-smtp-addr: needs --bounce-domain"))
+		}
+		return errs
+	}
+	if c.BounceSMTPAddr != "" {
+		if _, _, err := net.SplitHostPort(c.BounceSMTPAddr); err != nil {
+			errs = append(errs, fmt.Errorf("--bounce-smtp-addr: %w", err))
+		}
+	}
+	if c.BounceSecretFile == "" {
+		return append(errs, errors.New("--bounce-domain: needs --bounce-secret-file"))
+	}
+	secret, err := os.ReadFile(c.BounceSecretFile)
+	if err != nil {
+		return append(errs, fmt.Errorf("--bounce-secret-file: %w", err))
+	}
+	// The error names lengths and the domain, never the secret.
+	if c.verp, err = verp.New(bytes.TrimSpace(secret), c.BounceDomain); err != nil {
+		errs = append(errs, fmt.Errorf("--bounce-domain/--bounce-secret-file: %w", err))
+	}
+	return errs
 }
 
 func (c *serveConfig) retrySchedule() retry.Schedule {
@@ -283,6 +346,9 @@ func (c *serveConfig) logAttrs() []any {
 		slog.Bool("sync_always", c.SyncAlways), slog.Int("stream_replicas", c.Queue.Replicas),
 		slog.Duration("smtp_connect_timeout", c.SMTPTimeouts.Connect), slog.Duration("smtp_command_timeout", c.SMTPTimeouts.Command),
 		slog.Duration("smtp_data_timeout", c.SMTPTimeouts.Data),
+		slog.Duration("events_retention", c.Queue.EventsMaxAge), slog.String("bounce_domain", c.BounceDomain),
+		slog.String("bounce_smtp_addr", c.BounceSMTPAddr), slog.String("bounce_secret_file", c.BounceSecretFile),
+		slog.Any("suppress_categories", c.SuppressCategories),
 	}
 }
 

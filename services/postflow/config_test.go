@@ -2,6 +2,7 @@ package main
 
 import (
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -131,5 +132,43 @@ func TestRedactURL(t *testing.T) {
 		if got := redactURL(in); got != want || strings.Contains(got, "secret") {
 			t.Errorf("redactURL(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestBounceSettingsAreChecked(t *testing.T) {
+	dir := t.TempDir()
+	short, good := filepath.Join(dir, "short"), filepath.Join(dir, "good")
+	if err := os.WriteFile(short, []byte("tooshort\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const secret = "a secret of plenty of bytes"
+	if err := os.WriteFile(good, []byte(secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--bounce-smtp-addr", "127.0.0.1:2525"}, "--bounce-smtp-addr: needs --bounce-domain"},
+		{[]string{"--bounce-domain", "b.example"}, "--bounce-domain: needs --bounce-secret-file"},
+		{[]string{"--bounce-domain", "b.example", "--bounce-secret-file", short}, "at least 16 required"},
+		{[]string{"--bounce-domain", "b.example", "--bounce-secret-file", filepath.Join(dir, "none")}, "--bounce-secret-file"},
+		{[]string{"--suppress-categories", "bad_mailbox,nonsense"}, `unknown category "nonsense"`},
+		{[]string{"--events-retention", "10m"}, "--events-retention"},
+	} {
+		_, err := parseServe(t, tc.args, nil)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: err = %v, want one containing %q", tc.args, err, tc.want)
+		}
+	}
+	cfg, err := parseServe(t, []string{"--bounce-domain", "B.Example", "--bounce-secret-file", good, "--suppress-categories", "bad_mailbox, mailbox_disabled"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.verp == nil || cfg.verp.Domain() != "b.example" || strings.Join(cfg.SuppressCategories, ",") != "bad_mailbox,mailbox_disabled" {
+		t.Errorf("verp %v, categories %v", cfg.verp, cfg.SuppressCategories)
+	}
+	if strings.Contains(fmt.Sprint(cfg.logAttrs()...), secret) {
+		t.Error("the effective configuration shows the bounce secret")
 	}
 }

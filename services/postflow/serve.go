@@ -32,8 +32,10 @@ import (
 	"github.com/postflow/postflow/pkg/shaping"
 	"github.com/postflow/postflow/pkg/simulator"
 	"github.com/postflow/postflow/pkg/smtpout"
+	"github.com/postflow/postflow/pkg/suppression"
 	"github.com/postflow/postflow/pkg/telemetry"
 	"github.com/postflow/postflow/services/api"
+	"github.com/postflow/postflow/services/bounce"
 	"github.com/postflow/postflow/services/worker"
 )
 
@@ -119,8 +121,12 @@ type app struct {
 	js  jetstream.JetStream
 	sim *simulator.Server
 
-	grpcLis net.Listener
-	httpLis net.Listener
+	grpcLis   net.Listener
+	httpLis   net.Listener
+	bounceLis net.Listener
+
+	// supp is the suppression list, shared by the api and bounce roles.
+	supp *suppression.Store
 }
 
 // newApp connects (or starts) NATS, ensures the streams, and opens the
@@ -157,6 +163,14 @@ func newApp(ctx context.Context, cfg serveConfig, log *slog.Logger, metrics http
 	defer cancel()
 	if err = queue.Ensure(ectx, a.js, cfg.Queue); err != nil {
 		return nil, err
+	}
+	if a.supp, err = suppression.Open(ectx, a.js, suppression.Config{Replicas: cfg.Queue.Replicas}, nil); err != nil {
+		return nil, err
+	}
+	if cfg.has("bounce") && cfg.BounceSMTPAddr != "" {
+		if a.bounceLis, err = net.Listen("tcp", cfg.BounceSMTPAddr); err != nil {
+			return nil, fmt.Errorf("--bounce-smtp-addr: %w", err)
+		}
 	}
 	if cfg.has("api") {
 		if a.grpcLis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
@@ -228,7 +242,7 @@ func (a *app) run(ctx context.Context) error {
 				MaxAge:          a.cfg.MaxAge,
 				PublishTimeout:  10 * time.Second,
 				ShutdownTimeout: a.cfg.ShutdownTimeout,
-			}, api.Deps{JS: a.js, Logger: a.log, Listener: a.grpcLis,
+			}, api.Deps{JS: a.js, Logger: a.log, Listener: a.grpcLis, Suppression: a.supp,
 				Shaping: &api.ShapingDeps{Limiter: lim, Config: a.cfg.shaping, Resolver: router}})
 		})
 	}
@@ -281,6 +295,7 @@ func (a *app) run(ctx context.Context) error {
 			Sender:  sender,
 			Shaping: a.cfg.shaping,
 			Limiter: lim,
+			VERP:    a.cfg.verp,
 			Logger:  a.log,
 		}
 		if signer != nil { // a nil *dkim.Signer must not become a non-nil interface
@@ -304,7 +319,19 @@ func (a *app) run(ctx context.Context) error {
 		})
 	}
 	if a.cfg.has("bounce") {
-		a.log.Info("bounce role: bounce processing is not part of this version; nothing to run")
+		g.Go(func() error {
+			var exempt []string
+			if a.cfg.Simulator {
+				exempt = []string{simulator.Domain}
+			}
+			return bounce.Run(gctx, bounce.Config{
+				SuppressCategories: a.cfg.SuppressCategories,
+				ExemptDomains:      exempt,
+				Hostname:           a.cfg.Hostname,
+				MaxReportBytes:     int64(a.cfg.MaxMessageBytes),
+				ShutdownTimeout:    a.cfg.ShutdownTimeout,
+			}, bounce.Deps{JS: a.js, Suppression: a.supp, VERP: a.cfg.verp, Listener: a.bounceLis, Logger: a.log})
+		})
 	}
 	return g.Wait()
 }
@@ -415,6 +442,9 @@ func (a *app) close() {
 	}
 	if a.httpLis != nil {
 		_ = a.httpLis.Close()
+	}
+	if a.bounceLis != nil {
+		_ = a.bounceLis.Close()
 	}
 	if a.nc != nil {
 		_ = a.nc.FlushTimeout(5 * time.Second)
