@@ -27,6 +27,9 @@ Usage:
   postflow serve  [flags]                 run the service (all roles by default)
   postflow send   [flags]                 send a message through the API
   postflow status [flags] MESSAGE_ID      show a message's per-recipient status
+  postflow events [flags] [--follow]      list or follow events (filters: message, recipient, tag, state, time)
+  postflow cancel [flags] MESSAGE_ID      cancel a message's undelivered recipients
+  postflow suppress add|remove|check|list manage the suppression list
   postflow shaping check|status           validate shaping limits; show them live
   postflow version
 
@@ -45,6 +48,12 @@ func run(ctx context.Context, args []string) error {
 		return sendCmd(ctx, args[1:], os.Stdout, os.Getenv)
 	case "status":
 		return statusCmd(ctx, args[1:], os.Stdout, os.Getenv)
+	case "events":
+		return eventsCmd(ctx, args[1:], os.Stdout, os.Getenv)
+	case "cancel":
+		return cancelCmd(ctx, args[1:], os.Stdout, os.Getenv)
+	case "suppress":
+		return suppressCmd(ctx, args[1:], os.Stdout, os.Getenv)
 	case "shaping":
 		return shapingCmd(ctx, args[1:], os.Stdout, os.Getenv)
 	case "version":
