@@ -34,7 +34,6 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -73,8 +72,10 @@ type stack struct {
 	status postflowv1.StatusServiceClient
 	// shaping is the ShapingService client.
 	shaping postflowv1.ShapingServiceClient
-	stream  jetstream.JetStream
-	api     *runningApp
+	// suppress is the SuppressionService client.
+	suppress postflowv1.SuppressionServiceClient
+	stream   jetstream.JetStream
+	api      *runningApp
 	// logs holds every app's log lines at Info and above, so tests can
 	// assert what is (and is not) logged.
 	logs lockedBuffer
@@ -151,16 +152,9 @@ func startStack(t testing.TB, script testenv.SinkScript, opts ...stackOpt) *stac
 	}
 	s.cfg = cfg
 	s.api = s.startApp(cfg)
-	conn, err := grpc.NewClient(s.api.app.grpcLis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
-	s.mail = postflowv1.NewMailServiceClient(conn)
-	s.status = postflowv1.NewStatusServiceClient(conn)
-	s.shaping = postflowv1.NewShapingServiceClient(conn)
-	nc := s.js.Connect(t)
-	if s.stream, err = jetstream.New(nc); err != nil {
+	s.reconnect()
+	var err error
+	if s.stream, err = jetstream.New(s.js.Connect(t)); err != nil {
 		t.Fatal(err)
 	}
 	return s
@@ -711,6 +705,21 @@ func TestMailboxSimulator(t *testing.T) {
 	}
 	if s.sink.Sessions() != 0 {
 		t.Errorf("simulator traffic reached the sink (%d sessions)", s.sink.Sessions())
+	}
+	// Its bounces are rehearsals: the record is handled, the address is
+	// not suppressed, and a second message bounces again.
+	if !eventually(10*time.Second, func() bool {
+		c, err := s.stream.Consumer(context.Background(), queue.BouncesStream, queue.BounceConsumer)
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(context.Background())
+		return err == nil && info.Delivered.Consumer >= 1 && info.NumPending == 0 && info.NumAckPending == 0
+	}) {
+		t.Fatal("the bounce record was not handled within 10s")
+	}
+	if c := s.checkSuppressed("bounce@simulator.postflow.test"); c.GetSuppressed() {
+		t.Errorf("the simulator's bounce address was suppressed: %v", c.GetSuppression())
 	}
 }
 
