@@ -245,7 +245,7 @@ func TestCLIEventsAndSuppress(t *testing.T) {
 			t.Errorf("events output lacks %q:\n%s", want, out)
 		}
 	}
-	if out := run("events", "--state=suppressed", "--json"); !strings.Contains(out, `"recipient": "quit@example.test"`) || strings.Contains(out, "stay@") {
+	if out := run("events", "--state=suppressed", "--json"); !strings.Contains(out, `"quit@example.test"`) || !strings.Contains(out, "RECIPIENT_STATE_SUPPRESSED") || strings.Contains(out, "stay@") {
 		t.Errorf("events --state=suppressed printed %q", out)
 	}
 	if out := run("suppress", "remove", "quit@example.test"); !strings.Contains(out, "removed") {
