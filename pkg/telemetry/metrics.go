@@ -43,6 +43,9 @@ var (
 	held       = must(meter.Int64Counter("postflow.shaping.held", metric.WithDescription("Jobs handed back unattempted by traffic shaping, by reason (rate, connections)"), metric.WithUnit("{job}")))
 	cuts       = must(meter.Int64Counter("postflow.shaping.cuts", metric.WithDescription("Destination rate cuts after throttling replies"), metric.WithUnit("{cut}")))
 	fallbacks  = must(meter.Int64Counter("postflow.shaping.fallbacks", metric.WithDescription("Switches to the local limit while Redis was unreachable"), metric.WithUnit("{switch}")))
+	reports    = must(meter.Int64Counter("postflow.bounce.reports", metric.WithDescription("Reports received on the bounce domain, by kind (failed, delayed, delivered, complaint, unknown, uncorrelated)"), metric.WithUnit("{report}")))
+	suppressed = must(meter.Int64Counter("postflow.suppression.added", metric.WithDescription("Addresses put on a suppression list by the bounce role, by reason (bounce, complaint)"), metric.WithUnit("{address}")))
+	skipped    = must(meter.Int64Counter("postflow.submit.suppressed", metric.WithDescription("Recipients not queued by Send because they are on the suppression list"), metric.WithUnit("{recipient}")))
 	attemptDur = must(meter.Float64Histogram("postflow.delivery.duration", metric.WithDescription("Duration of one delivery attempt (DNS and SMTP)"), metric.WithUnit("s"), metric.WithExplicitBucketBoundaries(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)))
 )
 
@@ -100,3 +103,17 @@ func RateCut(ctx context.Context) { cuts.Add(ctx, 1) }
 
 // ShapingFallback records a switch to the local limit.
 func ShapingFallback(ctx context.Context) { fallbacks.Add(ctx, 1) }
+
+// Report records a report received by the bounce listener, by kind.
+func Report(ctx context.Context, kind string) {
+	reports.Add(ctx, 1, metric.WithAttributes(keyReason.String(kind)))
+}
+
+// SuppressionAdded records an address the bounce role suppressed, by
+// reason.
+func SuppressionAdded(ctx context.Context, reason string) {
+	suppressed.Add(ctx, 1, metric.WithAttributes(keyReason.String(reason)))
+}
+
+// SuppressedAtSend records recipients Send did not queue.
+func SuppressedAtSend(ctx context.Context, n int) { skipped.Add(ctx, int64(n)) }

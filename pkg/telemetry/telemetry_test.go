@@ -65,17 +65,23 @@ func TestSetupServesPrometheusMetrics(t *testing.T) {
 	Held(ctx, "rate")
 	RateCut(ctx)
 	ShapingFallback(ctx)
+	Report(ctx, "complaint")
+	SuppressionAdded(ctx, "bounce")
+	SuppressedAtSend(ctx, 2)
 	after := scrape(t, p)
 	for series, delta := range map[string]float64{
-		"postflow_submit_accepted_total":                       3,
-		"postflow_delivery_delivered_total":                    1,
-		"postflow_delivery_deferred_total":                     1,
-		"postflow_delivery_bounced_total":                      1,
-		`postflow_delivery_latency_seconds_bucket{le="0.05"}`:  1,
-		`postflow_delivery_latency_seconds_bucket{le="0.025"}`: 0,
-		`postflow_shaping_held_total{postflow_reason="rate"}`:  1,
-		"postflow_shaping_cuts_total":                          1,
-		"postflow_shaping_fallbacks_total":                     1,
+		"postflow_submit_accepted_total":                             3,
+		"postflow_delivery_delivered_total":                          1,
+		"postflow_delivery_deferred_total":                           1,
+		"postflow_delivery_bounced_total":                            1,
+		`postflow_delivery_latency_seconds_bucket{le="0.05"}`:        1,
+		`postflow_delivery_latency_seconds_bucket{le="0.025"}`:       0,
+		`postflow_shaping_held_total{postflow_reason="rate"}`:        1,
+		"postflow_shaping_cuts_total":                                1,
+		"postflow_shaping_fallbacks_total":                           1,
+		`postflow_bounce_reports_total{postflow_reason="complaint"}`: 1,
+		`postflow_suppression_added_total{postflow_reason="bounce"}`: 1,
+		"postflow_submit_suppressed_total":                           2,
 	} {
 		if got := after[series] - before[series]; got != delta {
 			t.Errorf("%s grew by %v, want %v", series, got, delta)

@@ -164,6 +164,9 @@ func (s *Server) send(ctx context.Context, req *postflowv1.SendRequest) (*postfl
 	if err := s.pub.Publish(pctx, msgs...); err != nil {
 		return nil, err
 	}
+	if len(suppressed) > 0 {
+		telemetry.SuppressedAtSend(ctx, len(suppressed))
+	}
 	s.log.InfoContext(ctx, "api: accepted",
 		slog.String("message_id", msgID),
 		slog.Int("recipients", len(built.Recipients)),

@@ -28,6 +28,7 @@ import (
 	"github.com/postflow/postflow/pkg/bounceclass"
 	"github.com/postflow/postflow/pkg/queue"
 	"github.com/postflow/postflow/pkg/suppression"
+	"github.com/postflow/postflow/pkg/telemetry"
 	"github.com/postflow/postflow/pkg/verp"
 	postflowv1 "github.com/postflow/postflow/proto/postflow/v1"
 )
@@ -148,6 +149,7 @@ func handleRecord(ctx context.Context, cfg Config, deps Deps, msg jetstream.Msg)
 		_ = msg.NakWithDelay(time.Second)
 		return
 	}
+	telemetry.SuppressionAdded(ctx, strings.ToLower(strings.TrimPrefix(entry.GetReason().String(), "SUPPRESSION_REASON_")))
 	deps.Logger.Info("bounce: suppressed",
 		slog.String("message_id", ev.GetMessageId()),
 		slog.String("recipient_id", ev.GetRecipientId()),

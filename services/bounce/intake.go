@@ -20,6 +20,7 @@ import (
 	"github.com/postflow/postflow/pkg/dsn"
 	"github.com/postflow/postflow/pkg/eventlog"
 	"github.com/postflow/postflow/pkg/queue"
+	"github.com/postflow/postflow/pkg/telemetry"
 	"github.com/postflow/postflow/pkg/verp"
 	postflowv1 "github.com/postflow/postflow/proto/postflow/v1"
 )
@@ -152,6 +153,11 @@ func (in *intake) receive(ctx context.Context, rcpts []string, raw []byte) error
 	var evs []*postflowv1.Event
 	for _, local := range rcpts {
 		msgID, index, ok := in.correlate(local, rep)
+		kind := rep.Kind.String()
+		if !ok {
+			kind = "uncorrelated"
+		}
+		telemetry.Report(ctx, kind)
 		if !ok {
 			in.log.Info("bounce: report names none of our messages", slog.String("kind", rep.Kind.String()), slog.String("rcpt", local))
 			continue
