@@ -125,7 +125,11 @@ func (s *session) Data(r io.Reader) error {
 	if err != nil {
 		return err // go-smtp answers 552 for an over-size message
 	}
-	if err := s.in.receive(context.Background(), s.rcpts, raw); err != nil {
+	// Bounded: a report not stored in time is refused with 451 and comes
+	// again, rather than holding the session until the sender gives up.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.in.receive(ctx, s.rcpts, raw); err != nil {
 		s.in.log.Warn("bounce: recording report", slog.String("remote", s.remote), slog.Any("error", err))
 		return errStore
 	}
