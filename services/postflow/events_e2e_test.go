@@ -248,6 +248,24 @@ func TestCLIEventsAndSuppress(t *testing.T) {
 	if out := run("events", "--state=suppressed", "--json"); !strings.Contains(out, `"quit@example.test"`) || !strings.Contains(out, "RECIPIENT_STATE_SUPPRESSED") || strings.Contains(out, "stay@") {
 		t.Errorf("events --state=suppressed printed %q", out)
 	}
+	// --follow prints events as they come, until interrupted.
+	var follow lockedBuffer
+	fctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- eventsCmd(fctx, []string{"--follow", "--since=1s", "--recipient=late@example.test", addr}, &follow, func(string) string { return "" })
+	}()
+	late := s.send(&postflowv1.SendRequest{From: "me@sender.test", To: []string{"late@example.test"}, Subject: "s", Text: "t"})
+	if !eventually(10*time.Second, func() bool { return strings.Contains(follow.String(), "delivered") }) {
+		t.Errorf("events --follow printed %q, want the delivery of %s", follow.String(), late.GetMessageId())
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Errorf("events --follow ended with %v after an interrupt", err)
+	}
+	if strings.Contains(follow.String(), "stay@") || !strings.Contains(follow.String(), late.GetMessageId()) {
+		t.Errorf("events --follow --recipient printed %q", follow.String())
+	}
 	if out := run("suppress", "remove", "quit@example.test"); !strings.Contains(out, "removed") {
 		t.Errorf("suppress remove printed %q", out)
 	}

@@ -67,7 +67,7 @@ func eventsCmd(ctx context.Context, args []string, out io.Writer, getenv func(st
 	defer func() { _ = conn.Close() }()
 	client := postflowv1.NewStatusServiceClient(conn)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	if !cf.json {
+	if !cf.json && !*follow {
 		fmt.Fprintln(tw, "TIME\tMESSAGE\tRECIPIENT\tEVENT\tATTEMPT\tREPLY")
 	}
 	print := func(ev *postflowv1.Event, cursor string) error {
@@ -76,6 +76,15 @@ func eventsCmd(ctx context.Context, args []string, out io.Writer, getenv func(st
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", ev.GetTime().AsTime().Format(time.RFC3339Nano), ev.GetMessageId(), ev.GetRecipient(), eventName(ev), ev.GetAttempt(), replyString(ev.GetReply()))
 		return nil
+	}
+	if *follow && !cf.json {
+		// A follower prints each line as it comes, so the columns are
+		// fixed rather than fitted to lines not seen yet.
+		fmt.Fprintf(out, "%-30s  %-24s  %-32s  %-16s  %-7s  %s\n", "TIME", "MESSAGE", "RECIPIENT", "EVENT", "ATTEMPT", "REPLY")
+		print = func(ev *postflowv1.Event, _ string) error {
+			_, err := fmt.Fprintf(out, "%-30s  %-24s  %-32s  %-16s  %-7d  %s\n", ev.GetTime().AsTime().Format(time.RFC3339Nano), ev.GetMessageId(), ev.GetRecipient(), eventName(ev), ev.GetAttempt(), replyString(ev.GetReply()))
+			return err
+		}
 	}
 	if *follow {
 		stream, err := client.WatchEvents(ctx, &postflowv1.WatchEventsRequest{Filter: filter, Cursor: *cursor})
