@@ -254,7 +254,7 @@ func fill(tpl string, kv ...string) string {
 // BOUNCES record: then a missing suppression entry is a decision, not lag.
 func waitRecordsHandled(t *testing.T, js jetstream.JetStream) {
 	t.Helper()
-	ok := eventually(10*time.Second, func() bool {
+	ok := testenv.Eventually(10*time.Second, func() bool {
 		c, err := js.Consumer(t.Context(), queue.BouncesStream, queue.BounceConsumer)
 		if err != nil {
 			return false
@@ -264,18 +264,6 @@ func waitRecordsHandled(t *testing.T, js jetstream.JetStream) {
 	})
 	if !ok {
 		t.Fatal("bounce records not all handled within 10s")
-	}
-}
-
-func eventually(timeout time.Duration, cond func() bool) bool {
-	for deadline := time.Now().Add(timeout); ; {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(10 * time.Millisecond) //nolint:forbidigo // poll interval under a deadline
 	}
 }
 

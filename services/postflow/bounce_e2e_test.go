@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/postflow/postflow/pkg/queue"
 	"github.com/postflow/postflow/pkg/testenv"
 	postflowv1 "github.com/postflow/postflow/proto/postflow/v1"
 )
@@ -290,18 +291,7 @@ func dialAPI(t testing.TB, addr string) *grpc.ClientConn {
 }
 
 // bouncesStored is the number of records in BOUNCES.
-func (s *stack) bouncesStored() uint64 {
-	s.t.Helper()
-	st, err := s.stream.Stream(context.Background(), "BOUNCES")
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	info, err := st.Info(context.Background())
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	return info.State.Msgs
-}
+func (s *stack) bouncesStored() uint64 { return s.streamMsgs(queue.BouncesStream) }
 
 // TestOneBouncePerRecipientUnderCrashes is TESTPLAN A10: 1,000 recipients
 // refused with 5.1.1 while the worker is killed 20 times (its NATS

@@ -194,18 +194,9 @@ func (s *stack) send(req *postflowv1.SendRequest) *postflowv1.SendResponse {
 	return resp
 }
 
-// eventually calls cond every 10 ms until it reports true or timeout has
-// passed, and reports whether it did (nats-server's checkFor, in short).
+// eventually polls cond under a deadline (testenv.Eventually).
 func eventually(timeout time.Duration, cond func() bool) bool {
-	for deadline := time.Now().Add(timeout); ; {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(10 * time.Millisecond) //nolint:forbidigo // poll interval under a deadline
-	}
+	return testenv.Eventually(timeout, cond)
 }
 
 // waitState polls GetMessage until done accepts the response.
@@ -235,9 +226,12 @@ func (s *stack) waitFinal(id string, timeout time.Duration) *postflowv1.GetMessa
 }
 
 // outboundMsgs is the number of jobs in OUTBOUND.
-func (s *stack) outboundMsgs() uint64 {
+func (s *stack) outboundMsgs() uint64 { return s.streamMsgs(queue.OutboundStream) }
+
+// streamMsgs is the number of messages stored in a stream.
+func (s *stack) streamMsgs(name string) uint64 {
 	s.t.Helper()
-	st, err := s.stream.Stream(context.Background(), queue.OutboundStream)
+	st, err := s.stream.Stream(context.Background(), name)
 	if err != nil {
 		s.t.Fatal(err)
 	}
