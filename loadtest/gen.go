@@ -25,6 +25,7 @@ type load struct {
 	concurrency int
 	size        int
 	rate        float64 // messages per second offered; 0 = as fast as accepted
+	batch       int     // messages per SendBatch call; 0 = one Send each
 
 	accepted   atomic.Int64
 	errors     atomic.Int64
@@ -120,14 +121,12 @@ func (l *load) runSend(ctx context.Context, addr string) error {
 		go func() {
 			defer wg.Done()
 			client := clients[w%conns]
+			if l.batch > 0 {
+				l.sendBatches(ctx, client, seqs, text)
+				return
+			}
 			for seq := range seqs {
-				req := &postflowv1.SendRequest{
-					From:    "loadtest@sender.loadtest.test",
-					To:      []string{recipient(seq)},
-					Subject: "loadtest " + strconv.Itoa(seq),
-					Text:    text,
-					Headers: []*postflowv1.Header{{Name: seqHeader, Value: strconv.Itoa(seq)}, {Name: runHeader, Value: l.run}},
-				}
+				req := l.request(seq, text)
 				began := time.Now()
 				cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 				_, err := client.Send(cctx, req)
@@ -143,6 +142,65 @@ func (l *load) runSend(ctx context.Context, addr string) error {
 	wg.Wait()
 	l.end = time.Now()
 	return nil
+}
+
+// request is message seq of the run.
+func (l *load) request(seq int, text string) *postflowv1.SendRequest {
+	return &postflowv1.SendRequest{
+		From:    "loadtest@sender.loadtest.test",
+		To:      []string{recipient(seq)},
+		Subject: "loadtest " + strconv.Itoa(seq),
+		Text:    text,
+		Headers: []*postflowv1.Header{{Name: seqHeader, Value: strconv.Itoa(seq)}, {Name: runHeader, Value: l.run}},
+	}
+}
+
+// batchLinger is how long a partly filled batch waits for more offered
+// messages before it goes, as a client batching a stream would.
+const batchLinger = 5 * time.Millisecond
+
+// sendBatches takes up to l.batch offered messages at a time (waiting at
+// most batchLinger for more once one is in hand) and submits them with
+// SendBatch; each message's latency is its call's.
+func (l *load) sendBatches(ctx context.Context, client postflowv1.MailServiceClient, seqs <-chan int, text string) {
+	for seq := range seqs {
+		batch := []int{seq}
+		linger := time.NewTimer(batchLinger)
+	fill:
+		for len(batch) < l.batch {
+			select {
+			case s, ok := <-seqs:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, s)
+			case <-linger.C:
+				break fill
+			}
+		}
+		linger.Stop()
+		req := &postflowv1.SendBatchRequest{}
+		for _, s := range batch {
+			req.Messages = append(req.Messages, l.request(s, text))
+		}
+		began := time.Now()
+		cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		resp, err := client.SendBatch(cctx, req)
+		cancel()
+		if err != nil {
+			for range batch {
+				l.fail(fmt.Errorf("send batch: %s", status.Convert(err).Message()))
+			}
+			continue
+		}
+		for i, r := range resp.GetResults() {
+			if e := r.GetError(); e != nil {
+				l.fail(fmt.Errorf("send batch entry: %s", e.GetMessage()))
+				continue
+			}
+			l.ok(batch[i], began)
+		}
+	}
 }
 
 // runSMTP injects over SMTP (for Postfix, Haraka and the sink's own

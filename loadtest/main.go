@@ -35,6 +35,7 @@ type options struct {
 	workerConc  int
 	postflowBin string
 	warmup      int
+	batch       int
 }
 
 func main() {
@@ -61,6 +62,7 @@ func run() error {
 	flag.BoolVar(&o.profile, "profile", false, "save Postflow CPU and allocation profiles beside the JSON")
 	flag.IntVar(&o.workerConc, "worker-concurrency", 64, "Postflow worker --concurrency")
 	flag.IntVar(&o.warmup, "warmup", 2000, "messages sent to each system before measuring, not counted (connections, processes, JetStream files)")
+	flag.IntVar(&o.batch, "batch", 0, "Postflow: submit with SendBatch, this many messages per call (0: one Send per message)")
 	flag.StringVar(&o.postflowBin, "postflow-bin", "", "use this postflow binary instead of building ./services/postflow (to measure an older build)")
 	flag.Parse()
 	o.systems = strings.Split(*systems, ",")

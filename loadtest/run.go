@@ -112,11 +112,14 @@ func runSystem(ctx context.Context, name string, o options, bin *binaries, work 
 
 	fmt.Fprintf(os.Stderr, "%s: %d messages of %d bytes at concurrency %d\n", name, o.messages, o.size, o.concurrency)
 	l := newLoad(run, o.messages, o.concurrency, o.size, o.rate)
+	if res.Mode == "send" && o.batch > 0 {
+		res.Mode, l.batch = "batch", o.batch
+	}
 	gctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
 	stopBar := progress(name, l, snk)
 	var err error
-	if res.Mode == "send" {
+	if res.Mode != "smtp" {
 		err = l.runSend(gctx, addr)
 	} else {
 		err = l.runSMTP(gctx, addr)

@@ -26,6 +26,7 @@ const usage = `postflow: self-hosted outbound email delivery
 Usage:
   postflow serve  [flags]                 run the service (all roles by default)
   postflow send   [flags]                 send a message through the API
+  postflow batch  [flags] FILE            send JSON Lines of messages with SendBatch
   postflow status [flags] MESSAGE_ID      show a message's per-recipient status
   postflow events [flags] [--follow]      list or follow events (filters: message, recipient, tag, state, time)
   postflow cancel [flags] MESSAGE_ID      cancel a message's undelivered recipients
@@ -48,6 +49,8 @@ func run(ctx context.Context, args []string) error {
 		return sendCmd(ctx, args[1:], os.Stdout, os.Getenv)
 	case "status":
 		return statusCmd(ctx, args[1:], os.Stdout, os.Getenv)
+	case "batch":
+		return batchCmd(ctx, args[1:], os.Stdout, os.Getenv)
 	case "events":
 		return eventsCmd(ctx, args[1:], os.Stdout, os.Getenv)
 	case "cancel":

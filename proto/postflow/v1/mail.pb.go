@@ -177,6 +177,297 @@ func (EventType) EnumDescriptor() ([]byte, []int) {
 	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{1}
 }
 
+type SendBatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Messages are the entries, each a complete Send request.
+	Messages      []*SendRequest `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendBatchRequest) Reset() {
+	*x = SendBatchRequest{}
+	mi := &file_postflow_v1_mail_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendBatchRequest) ProtoMessage() {}
+
+func (x *SendBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_postflow_v1_mail_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendBatchRequest.ProtoReflect.Descriptor instead.
+func (*SendBatchRequest) Descriptor() ([]byte, []int) {
+	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SendBatchRequest) GetMessages() []*SendRequest {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
+type SendBatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Results has one entry per request message, in the same order.
+	Results       []*SendBatchResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendBatchResponse) Reset() {
+	*x = SendBatchResponse{}
+	mi := &file_postflow_v1_mail_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendBatchResponse) ProtoMessage() {}
+
+func (x *SendBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_postflow_v1_mail_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendBatchResponse.ProtoReflect.Descriptor instead.
+func (*SendBatchResponse) Descriptor() ([]byte, []int) {
+	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SendBatchResponse) GetResults() []*SendBatchResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// SendBatchResult is one entry's outcome.
+type SendBatchResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Result:
+	//
+	//	*SendBatchResult_Accepted
+	//	*SendBatchResult_Error
+	Result        isSendBatchResult_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendBatchResult) Reset() {
+	*x = SendBatchResult{}
+	mi := &file_postflow_v1_mail_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendBatchResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendBatchResult) ProtoMessage() {}
+
+func (x *SendBatchResult) ProtoReflect() protoreflect.Message {
+	mi := &file_postflow_v1_mail_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendBatchResult.ProtoReflect.Descriptor instead.
+func (*SendBatchResult) Descriptor() ([]byte, []int) {
+	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SendBatchResult) GetResult() isSendBatchResult_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *SendBatchResult) GetAccepted() *SendResponse {
+	if x != nil {
+		if x, ok := x.Result.(*SendBatchResult_Accepted); ok {
+			return x.Accepted
+		}
+	}
+	return nil
+}
+
+func (x *SendBatchResult) GetError() *EntryError {
+	if x != nil {
+		if x, ok := x.Result.(*SendBatchResult_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isSendBatchResult_Result interface {
+	isSendBatchResult_Result()
+}
+
+type SendBatchResult_Accepted struct {
+	Accepted *SendResponse `protobuf:"bytes,1,opt,name=accepted,proto3,oneof"`
+}
+
+type SendBatchResult_Error struct {
+	Error *EntryError `protobuf:"bytes,2,opt,name=error,proto3,oneof"`
+}
+
+func (*SendBatchResult_Accepted) isSendBatchResult_Result() {}
+
+func (*SendBatchResult_Error) isSendBatchResult_Result() {}
+
+// EntryError is why one batch entry was not accepted: the gRPC status Send
+// would have returned for it.
+type EntryError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Code is the google.rpc.Code value, e.g. 3 (INVALID_ARGUMENT), 6
+	// (ALREADY_EXISTS), 14 (UNAVAILABLE: retry the entry).
+	Code    int32  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// Violations name the invalid fields, relative to the entry (for example
+	// "to[2]"), as Send's BadRequest detail does.
+	Violations    []*FieldViolation `protobuf:"bytes,3,rep,name=violations,proto3" json:"violations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EntryError) Reset() {
+	*x = EntryError{}
+	mi := &file_postflow_v1_mail_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EntryError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EntryError) ProtoMessage() {}
+
+func (x *EntryError) ProtoReflect() protoreflect.Message {
+	mi := &file_postflow_v1_mail_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EntryError.ProtoReflect.Descriptor instead.
+func (*EntryError) Descriptor() ([]byte, []int) {
+	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *EntryError) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *EntryError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *EntryError) GetViolations() []*FieldViolation {
+	if x != nil {
+		return x.Violations
+	}
+	return nil
+}
+
+type FieldViolation struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Field         string                 `protobuf:"bytes,1,opt,name=field,proto3" json:"field,omitempty"`
+	Description   string                 `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FieldViolation) Reset() {
+	*x = FieldViolation{}
+	mi := &file_postflow_v1_mail_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FieldViolation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FieldViolation) ProtoMessage() {}
+
+func (x *FieldViolation) ProtoReflect() protoreflect.Message {
+	mi := &file_postflow_v1_mail_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FieldViolation.ProtoReflect.Descriptor instead.
+func (*FieldViolation) Descriptor() ([]byte, []int) {
+	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *FieldViolation) GetField() string {
+	if x != nil {
+		return x.Field
+	}
+	return ""
+}
+
+func (x *FieldViolation) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
 type CancelRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	MessageId     string                 `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
@@ -186,7 +477,7 @@ type CancelRequest struct {
 
 func (x *CancelRequest) Reset() {
 	*x = CancelRequest{}
-	mi := &file_postflow_v1_mail_proto_msgTypes[0]
+	mi := &file_postflow_v1_mail_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -198,7 +489,7 @@ func (x *CancelRequest) String() string {
 func (*CancelRequest) ProtoMessage() {}
 
 func (x *CancelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postflow_v1_mail_proto_msgTypes[0]
+	mi := &file_postflow_v1_mail_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -211,7 +502,7 @@ func (x *CancelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRequest.ProtoReflect.Descriptor instead.
 func (*CancelRequest) Descriptor() ([]byte, []int) {
-	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{0}
+	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CancelRequest) GetMessageId() string {
@@ -233,7 +524,7 @@ type CancelResponse struct {
 
 func (x *CancelResponse) Reset() {
 	*x = CancelResponse{}
-	mi := &file_postflow_v1_mail_proto_msgTypes[1]
+	mi := &file_postflow_v1_mail_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -245,7 +536,7 @@ func (x *CancelResponse) String() string {
 func (*CancelResponse) ProtoMessage() {}
 
 func (x *CancelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postflow_v1_mail_proto_msgTypes[1]
+	mi := &file_postflow_v1_mail_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -258,7 +549,7 @@ func (x *CancelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelResponse.ProtoReflect.Descriptor instead.
 func (*CancelResponse) Descriptor() ([]byte, []int) {
-	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{1}
+	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CancelResponse) GetMessageId() string {
@@ -286,7 +577,7 @@ type CanceledRecipient struct {
 
 func (x *CanceledRecipient) Reset() {
 	*x = CanceledRecipient{}
-	mi := &file_postflow_v1_mail_proto_msgTypes[2]
+	mi := &file_postflow_v1_mail_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -298,7 +589,7 @@ func (x *CanceledRecipient) String() string {
 func (*CanceledRecipient) ProtoMessage() {}
 
 func (x *CanceledRecipient) ProtoReflect() protoreflect.Message {
-	mi := &file_postflow_v1_mail_proto_msgTypes[2]
+	mi := &file_postflow_v1_mail_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -311,7 +602,7 @@ func (x *CanceledRecipient) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CanceledRecipient.ProtoReflect.Descriptor instead.
 func (*CanceledRecipient) Descriptor() ([]byte, []int) {
-	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{2}
+	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CanceledRecipient) GetRecipientId() string {
@@ -353,7 +644,7 @@ type Header struct {
 
 func (x *Header) Reset() {
 	*x = Header{}
-	mi := &file_postflow_v1_mail_proto_msgTypes[3]
+	mi := &file_postflow_v1_mail_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -365,7 +656,7 @@ func (x *Header) String() string {
 func (*Header) ProtoMessage() {}
 
 func (x *Header) ProtoReflect() protoreflect.Message {
-	mi := &file_postflow_v1_mail_proto_msgTypes[3]
+	mi := &file_postflow_v1_mail_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -378,7 +669,7 @@ func (x *Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Header.ProtoReflect.Descriptor instead.
 func (*Header) Descriptor() ([]byte, []int) {
-	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{3}
+	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Header) GetName() string {
@@ -454,7 +745,7 @@ type SendRequest struct {
 
 func (x *SendRequest) Reset() {
 	*x = SendRequest{}
-	mi := &file_postflow_v1_mail_proto_msgTypes[4]
+	mi := &file_postflow_v1_mail_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -466,7 +757,7 @@ func (x *SendRequest) String() string {
 func (*SendRequest) ProtoMessage() {}
 
 func (x *SendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postflow_v1_mail_proto_msgTypes[4]
+	mi := &file_postflow_v1_mail_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -479,7 +770,7 @@ func (x *SendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendRequest.ProtoReflect.Descriptor instead.
 func (*SendRequest) Descriptor() ([]byte, []int) {
-	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{4}
+	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SendRequest) GetFrom() string {
@@ -593,7 +884,7 @@ type SendResponse struct {
 
 func (x *SendResponse) Reset() {
 	*x = SendResponse{}
-	mi := &file_postflow_v1_mail_proto_msgTypes[5]
+	mi := &file_postflow_v1_mail_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -605,7 +896,7 @@ func (x *SendResponse) String() string {
 func (*SendResponse) ProtoMessage() {}
 
 func (x *SendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postflow_v1_mail_proto_msgTypes[5]
+	mi := &file_postflow_v1_mail_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -618,7 +909,7 @@ func (x *SendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendResponse.ProtoReflect.Descriptor instead.
 func (*SendResponse) Descriptor() ([]byte, []int) {
-	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{5}
+	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SendResponse) GetMessageId() string {
@@ -651,7 +942,7 @@ type AcceptedRecipient struct {
 
 func (x *AcceptedRecipient) Reset() {
 	*x = AcceptedRecipient{}
-	mi := &file_postflow_v1_mail_proto_msgTypes[6]
+	mi := &file_postflow_v1_mail_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -663,7 +954,7 @@ func (x *AcceptedRecipient) String() string {
 func (*AcceptedRecipient) ProtoMessage() {}
 
 func (x *AcceptedRecipient) ProtoReflect() protoreflect.Message {
-	mi := &file_postflow_v1_mail_proto_msgTypes[6]
+	mi := &file_postflow_v1_mail_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -676,7 +967,7 @@ func (x *AcceptedRecipient) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptedRecipient.ProtoReflect.Descriptor instead.
 func (*AcceptedRecipient) Descriptor() ([]byte, []int) {
-	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{6}
+	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AcceptedRecipient) GetAddress() string {
@@ -718,7 +1009,7 @@ type SMTPReply struct {
 
 func (x *SMTPReply) Reset() {
 	*x = SMTPReply{}
-	mi := &file_postflow_v1_mail_proto_msgTypes[7]
+	mi := &file_postflow_v1_mail_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -730,7 +1021,7 @@ func (x *SMTPReply) String() string {
 func (*SMTPReply) ProtoMessage() {}
 
 func (x *SMTPReply) ProtoReflect() protoreflect.Message {
-	mi := &file_postflow_v1_mail_proto_msgTypes[7]
+	mi := &file_postflow_v1_mail_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -743,7 +1034,7 @@ func (x *SMTPReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SMTPReply.ProtoReflect.Descriptor instead.
 func (*SMTPReply) Descriptor() ([]byte, []int) {
-	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{7}
+	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SMTPReply) GetCode() int32 {
@@ -788,7 +1079,7 @@ type TLSInfo struct {
 
 func (x *TLSInfo) Reset() {
 	*x = TLSInfo{}
-	mi := &file_postflow_v1_mail_proto_msgTypes[8]
+	mi := &file_postflow_v1_mail_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -800,7 +1091,7 @@ func (x *TLSInfo) String() string {
 func (*TLSInfo) ProtoMessage() {}
 
 func (x *TLSInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_postflow_v1_mail_proto_msgTypes[8]
+	mi := &file_postflow_v1_mail_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -813,7 +1104,7 @@ func (x *TLSInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TLSInfo.ProtoReflect.Descriptor instead.
 func (*TLSInfo) Descriptor() ([]byte, []int) {
-	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{8}
+	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TLSInfo) GetVersion() string {
@@ -886,7 +1177,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_postflow_v1_mail_proto_msgTypes[9]
+	mi := &file_postflow_v1_mail_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -898,7 +1189,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_postflow_v1_mail_proto_msgTypes[9]
+	mi := &file_postflow_v1_mail_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -911,7 +1202,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{9}
+	return file_postflow_v1_mail_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Event) GetEventId() string {
@@ -1058,7 +1349,25 @@ var File_postflow_v1_mail_proto protoreflect.FileDescriptor
 
 const file_postflow_v1_mail_proto_rawDesc = "" +
 	"\n" +
-	"\x16postflow/v1/mail.proto\x12\vpostflow.v1\x1a\x1fgoogle/protobuf/timestamp.proto\".\n" +
+	"\x16postflow/v1/mail.proto\x12\vpostflow.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"H\n" +
+	"\x10SendBatchRequest\x124\n" +
+	"\bmessages\x18\x01 \x03(\v2\x18.postflow.v1.SendRequestR\bmessages\"K\n" +
+	"\x11SendBatchResponse\x126\n" +
+	"\aresults\x18\x01 \x03(\v2\x1c.postflow.v1.SendBatchResultR\aresults\"\x85\x01\n" +
+	"\x0fSendBatchResult\x127\n" +
+	"\baccepted\x18\x01 \x01(\v2\x19.postflow.v1.SendResponseH\x00R\baccepted\x12/\n" +
+	"\x05error\x18\x02 \x01(\v2\x17.postflow.v1.EntryErrorH\x00R\x05errorB\b\n" +
+	"\x06result\"w\n" +
+	"\n" +
+	"EntryError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12;\n" +
+	"\n" +
+	"violations\x18\x03 \x03(\v2\x1b.postflow.v1.FieldViolationR\n" +
+	"violations\"H\n" +
+	"\x0eFieldViolation\x12\x14\n" +
+	"\x05field\x18\x01 \x01(\tR\x05field\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\".\n" +
 	"\rCancelRequest\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\"o\n" +
@@ -1151,9 +1460,10 @@ const file_postflow_v1_mail_proto_rawDesc = "" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eEVENT_TYPE_DSN\x10\x01\x12\x18\n" +
-	"\x14EVENT_TYPE_COMPLAINT\x10\x022\x8d\x01\n" +
+	"\x14EVENT_TYPE_COMPLAINT\x10\x022\xd9\x01\n" +
 	"\vMailService\x12;\n" +
-	"\x04Send\x12\x18.postflow.v1.SendRequest\x1a\x19.postflow.v1.SendResponse\x12A\n" +
+	"\x04Send\x12\x18.postflow.v1.SendRequest\x1a\x19.postflow.v1.SendResponse\x12J\n" +
+	"\tSendBatch\x12\x1d.postflow.v1.SendBatchRequest\x1a\x1e.postflow.v1.SendBatchResponse\x12A\n" +
 	"\x06Cancel\x12\x1a.postflow.v1.CancelRequest\x1a\x1b.postflow.v1.CancelResponseB;Z9github.com/postflow/postflow/proto/postflow/v1;postflowv1b\x06proto3"
 
 var (
@@ -1169,46 +1479,58 @@ func file_postflow_v1_mail_proto_rawDescGZIP() []byte {
 }
 
 var file_postflow_v1_mail_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_postflow_v1_mail_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_postflow_v1_mail_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_postflow_v1_mail_proto_goTypes = []any{
 	(RecipientState)(0),           // 0: postflow.v1.RecipientState
 	(EventType)(0),                // 1: postflow.v1.EventType
-	(*CancelRequest)(nil),         // 2: postflow.v1.CancelRequest
-	(*CancelResponse)(nil),        // 3: postflow.v1.CancelResponse
-	(*CanceledRecipient)(nil),     // 4: postflow.v1.CanceledRecipient
-	(*Header)(nil),                // 5: postflow.v1.Header
-	(*SendRequest)(nil),           // 6: postflow.v1.SendRequest
-	(*SendResponse)(nil),          // 7: postflow.v1.SendResponse
-	(*AcceptedRecipient)(nil),     // 8: postflow.v1.AcceptedRecipient
-	(*SMTPReply)(nil),             // 9: postflow.v1.SMTPReply
-	(*TLSInfo)(nil),               // 10: postflow.v1.TLSInfo
-	(*Event)(nil),                 // 11: postflow.v1.Event
-	nil,                           // 12: postflow.v1.SendRequest.MetadataEntry
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(*SendBatchRequest)(nil),      // 2: postflow.v1.SendBatchRequest
+	(*SendBatchResponse)(nil),     // 3: postflow.v1.SendBatchResponse
+	(*SendBatchResult)(nil),       // 4: postflow.v1.SendBatchResult
+	(*EntryError)(nil),            // 5: postflow.v1.EntryError
+	(*FieldViolation)(nil),        // 6: postflow.v1.FieldViolation
+	(*CancelRequest)(nil),         // 7: postflow.v1.CancelRequest
+	(*CancelResponse)(nil),        // 8: postflow.v1.CancelResponse
+	(*CanceledRecipient)(nil),     // 9: postflow.v1.CanceledRecipient
+	(*Header)(nil),                // 10: postflow.v1.Header
+	(*SendRequest)(nil),           // 11: postflow.v1.SendRequest
+	(*SendResponse)(nil),          // 12: postflow.v1.SendResponse
+	(*AcceptedRecipient)(nil),     // 13: postflow.v1.AcceptedRecipient
+	(*SMTPReply)(nil),             // 14: postflow.v1.SMTPReply
+	(*TLSInfo)(nil),               // 15: postflow.v1.TLSInfo
+	(*Event)(nil),                 // 16: postflow.v1.Event
+	nil,                           // 17: postflow.v1.SendRequest.MetadataEntry
+	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
 }
 var file_postflow_v1_mail_proto_depIdxs = []int32{
-	4,  // 0: postflow.v1.CancelResponse.recipients:type_name -> postflow.v1.CanceledRecipient
-	0,  // 1: postflow.v1.CanceledRecipient.state:type_name -> postflow.v1.RecipientState
-	5,  // 2: postflow.v1.SendRequest.headers:type_name -> postflow.v1.Header
-	12, // 3: postflow.v1.SendRequest.metadata:type_name -> postflow.v1.SendRequest.MetadataEntry
-	13, // 4: postflow.v1.SendRequest.expire_at:type_name -> google.protobuf.Timestamp
-	8,  // 5: postflow.v1.SendResponse.recipients:type_name -> postflow.v1.AcceptedRecipient
-	0,  // 6: postflow.v1.AcceptedRecipient.state:type_name -> postflow.v1.RecipientState
-	0,  // 7: postflow.v1.Event.state:type_name -> postflow.v1.RecipientState
-	13, // 8: postflow.v1.Event.time:type_name -> google.protobuf.Timestamp
-	9,  // 9: postflow.v1.Event.reply:type_name -> postflow.v1.SMTPReply
-	10, // 10: postflow.v1.Event.tls:type_name -> postflow.v1.TLSInfo
-	13, // 11: postflow.v1.Event.next_attempt_at:type_name -> google.protobuf.Timestamp
-	1,  // 12: postflow.v1.Event.type:type_name -> postflow.v1.EventType
-	6,  // 13: postflow.v1.MailService.Send:input_type -> postflow.v1.SendRequest
-	2,  // 14: postflow.v1.MailService.Cancel:input_type -> postflow.v1.CancelRequest
-	7,  // 15: postflow.v1.MailService.Send:output_type -> postflow.v1.SendResponse
-	3,  // 16: postflow.v1.MailService.Cancel:output_type -> postflow.v1.CancelResponse
-	15, // [15:17] is the sub-list for method output_type
-	13, // [13:15] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	11, // 0: postflow.v1.SendBatchRequest.messages:type_name -> postflow.v1.SendRequest
+	4,  // 1: postflow.v1.SendBatchResponse.results:type_name -> postflow.v1.SendBatchResult
+	12, // 2: postflow.v1.SendBatchResult.accepted:type_name -> postflow.v1.SendResponse
+	5,  // 3: postflow.v1.SendBatchResult.error:type_name -> postflow.v1.EntryError
+	6,  // 4: postflow.v1.EntryError.violations:type_name -> postflow.v1.FieldViolation
+	9,  // 5: postflow.v1.CancelResponse.recipients:type_name -> postflow.v1.CanceledRecipient
+	0,  // 6: postflow.v1.CanceledRecipient.state:type_name -> postflow.v1.RecipientState
+	10, // 7: postflow.v1.SendRequest.headers:type_name -> postflow.v1.Header
+	17, // 8: postflow.v1.SendRequest.metadata:type_name -> postflow.v1.SendRequest.MetadataEntry
+	18, // 9: postflow.v1.SendRequest.expire_at:type_name -> google.protobuf.Timestamp
+	13, // 10: postflow.v1.SendResponse.recipients:type_name -> postflow.v1.AcceptedRecipient
+	0,  // 11: postflow.v1.AcceptedRecipient.state:type_name -> postflow.v1.RecipientState
+	0,  // 12: postflow.v1.Event.state:type_name -> postflow.v1.RecipientState
+	18, // 13: postflow.v1.Event.time:type_name -> google.protobuf.Timestamp
+	14, // 14: postflow.v1.Event.reply:type_name -> postflow.v1.SMTPReply
+	15, // 15: postflow.v1.Event.tls:type_name -> postflow.v1.TLSInfo
+	18, // 16: postflow.v1.Event.next_attempt_at:type_name -> google.protobuf.Timestamp
+	1,  // 17: postflow.v1.Event.type:type_name -> postflow.v1.EventType
+	11, // 18: postflow.v1.MailService.Send:input_type -> postflow.v1.SendRequest
+	2,  // 19: postflow.v1.MailService.SendBatch:input_type -> postflow.v1.SendBatchRequest
+	7,  // 20: postflow.v1.MailService.Cancel:input_type -> postflow.v1.CancelRequest
+	12, // 21: postflow.v1.MailService.Send:output_type -> postflow.v1.SendResponse
+	3,  // 22: postflow.v1.MailService.SendBatch:output_type -> postflow.v1.SendBatchResponse
+	8,  // 23: postflow.v1.MailService.Cancel:output_type -> postflow.v1.CancelResponse
+	21, // [21:24] is the sub-list for method output_type
+	18, // [18:21] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_postflow_v1_mail_proto_init() }
@@ -1216,13 +1538,17 @@ func file_postflow_v1_mail_proto_init() {
 	if File_postflow_v1_mail_proto != nil {
 		return
 	}
+	file_postflow_v1_mail_proto_msgTypes[2].OneofWrappers = []any{
+		(*SendBatchResult_Accepted)(nil),
+		(*SendBatchResult_Error)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postflow_v1_mail_proto_rawDesc), len(file_postflow_v1_mail_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   11,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

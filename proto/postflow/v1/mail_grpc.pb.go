@@ -37,8 +37,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	MailService_Send_FullMethodName   = "/postflow.v1.MailService/Send"
-	MailService_Cancel_FullMethodName = "/postflow.v1.MailService/Cancel"
+	MailService_Send_FullMethodName      = "/postflow.v1.MailService/Send"
+	MailService_SendBatch_FullMethodName = "/postflow.v1.MailService/SendBatch"
+	MailService_Cancel_FullMethodName    = "/postflow.v1.MailService/Cancel"
 )
 
 // MailServiceClient is the client API for MailService service.
@@ -56,6 +57,17 @@ type MailServiceClient interface {
 	// UNAVAILABLE (not queued, or not known to be queued: retry with the same
 	// idempotency_key), RESOURCE_EXHAUSTED (queue full).
 	Send(ctx context.Context, in *SendRequest, opts ...grpc.CallOption) (*SendResponse, error)
+	// SendBatch sends up to 1,000 independent messages in one call. Each
+	// entry is validated and queued exactly as Send would, and gets its own
+	// result, in request order: its SendResponse, or its error. Some entries
+	// may be accepted while others fail; an accepted entry is durably queued
+	// whatever happens to the others. Retrying the whole batch is safe for
+	// entries with an idempotency_key.
+	//
+	// Errors of the call itself: INVALID_ARGUMENT (no messages, or more than
+	// 1,000), and RESOURCE_EXHAUSTED from the transport when the request
+	// exceeds the server's receive limit (about twice --max-message-size).
+	SendBatch(ctx context.Context, in *SendBatchRequest, opts ...grpc.CallOption) (*SendBatchResponse, error)
 	// Cancel stops a message: each recipient without a final state becomes
 	// CANCELED and is never attempted again. A recipient whose attempt is
 	// running when Cancel is recorded may still be delivered by that attempt;
@@ -79,6 +91,16 @@ func (c *mailServiceClient) Send(ctx context.Context, in *SendRequest, opts ...g
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(SendResponse)
 	err := c.cc.Invoke(ctx, MailService_Send_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *mailServiceClient) SendBatch(ctx context.Context, in *SendBatchRequest, opts ...grpc.CallOption) (*SendBatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SendBatchResponse)
+	err := c.cc.Invoke(ctx, MailService_SendBatch_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -110,6 +132,17 @@ type MailServiceServer interface {
 	// UNAVAILABLE (not queued, or not known to be queued: retry with the same
 	// idempotency_key), RESOURCE_EXHAUSTED (queue full).
 	Send(context.Context, *SendRequest) (*SendResponse, error)
+	// SendBatch sends up to 1,000 independent messages in one call. Each
+	// entry is validated and queued exactly as Send would, and gets its own
+	// result, in request order: its SendResponse, or its error. Some entries
+	// may be accepted while others fail; an accepted entry is durably queued
+	// whatever happens to the others. Retrying the whole batch is safe for
+	// entries with an idempotency_key.
+	//
+	// Errors of the call itself: INVALID_ARGUMENT (no messages, or more than
+	// 1,000), and RESOURCE_EXHAUSTED from the transport when the request
+	// exceeds the server's receive limit (about twice --max-message-size).
+	SendBatch(context.Context, *SendBatchRequest) (*SendBatchResponse, error)
 	// Cancel stops a message: each recipient without a final state becomes
 	// CANCELED and is never attempted again. A recipient whose attempt is
 	// running when Cancel is recorded may still be delivered by that attempt;
@@ -131,6 +164,9 @@ type UnimplementedMailServiceServer struct{}
 
 func (UnimplementedMailServiceServer) Send(context.Context, *SendRequest) (*SendResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Send not implemented")
+}
+func (UnimplementedMailServiceServer) SendBatch(context.Context, *SendBatchRequest) (*SendBatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SendBatch not implemented")
 }
 func (UnimplementedMailServiceServer) Cancel(context.Context, *CancelRequest) (*CancelResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Cancel not implemented")
@@ -174,6 +210,24 @@ func _MailService_Send_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MailService_SendBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SendBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MailServiceServer).SendBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MailService_SendBatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MailServiceServer).SendBatch(ctx, req.(*SendBatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _MailService_Cancel_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CancelRequest)
 	if err := dec(in); err != nil {
@@ -202,6 +256,10 @@ var MailService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Send",
 			Handler:    _MailService_Send_Handler,
+		},
+		{
+			MethodName: "SendBatch",
+			Handler:    _MailService_SendBatch_Handler,
 		},
 		{
 			MethodName: "Cancel",
