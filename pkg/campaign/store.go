@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -321,4 +322,125 @@ func (a *Adder) Flush(ctx context.Context) (added, duplicates int64, err error) 
 		return nil
 	})
 	return a.added, a.dup, err
+}
+
+// List returns every campaign of tenant, in no particular order.
+func (s *Store) List(ctx context.Context, tenant string) ([]*queuev1.Campaign, error) {
+	if !queue.IsSubjectToken(tenant) {
+		return nil, fmt.Errorf("campaign: bad tenant %q", tenant)
+	}
+	keys, err := s.kv.ListKeysFiltered(ctx, tenant+".*")
+	if err != nil {
+		return nil, fmt.Errorf("campaign: list: %w", err)
+	}
+	var out []*queuev1.Campaign
+	for k := range keys.Keys() {
+		c, err := s.Get(ctx, tenant, strings.TrimPrefix(k, tenant+"."))
+		if errors.Is(err, ErrNotFound) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// Cache is an in-memory copy of every campaign, kept current by a watch on
+// the bucket: workers and feeders learn of a pause or a cancel within
+// milliseconds, without a read per job. It is safe for concurrent use.
+type Cache struct {
+	mu    sync.RWMutex
+	byKey map[string]*queuev1.Campaign
+	ready chan struct{}
+	subs  []chan<- *queuev1.Campaign
+}
+
+// Watch returns a Cache filled with every campaign and kept current until
+// ctx ends. It returns once the initial values are loaded.
+func (s *Store) Watch(ctx context.Context) (*Cache, error) {
+	w, err := s.kv.WatchAll(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("campaign: watch: %w", err)
+	}
+	c := &Cache{byKey: map[string]*queuev1.Campaign{}, ready: make(chan struct{})}
+	go func() {
+		defer func() { _ = w.Stop() }()
+		initial := true
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case e, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				if e == nil {
+					// The end of the initial values.
+					if initial {
+						initial = false
+						close(c.ready)
+					}
+					continue
+				}
+				c.apply(e)
+			}
+		}
+	}()
+	select {
+	case <-c.ready:
+		return c, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (c *Cache) apply(e jetstream.KeyValueEntry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e.Operation() != jetstream.KeyValuePut {
+		delete(c.byKey, e.Key())
+		return
+	}
+	v := &queuev1.Campaign{}
+	if err := proto.Unmarshal(e.Value(), v); err != nil {
+		return
+	}
+	c.byKey[e.Key()] = v
+	for _, ch := range c.subs {
+		select {
+		case ch <- v:
+		default: // a slow subscriber re-reads All
+		}
+	}
+}
+
+// Get returns the cached campaign, nil when there is none.
+func (c *Cache) Get(tenant, id string) *queuev1.Campaign {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.byKey[tenant+"."+id]
+}
+
+// All returns every cached campaign.
+func (c *Cache) All() []*queuev1.Campaign {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]*queuev1.Campaign, 0, len(c.byKey))
+	for _, v := range c.byKey {
+		out = append(out, v)
+	}
+	return out
+}
+
+// Subscribe returns a channel that receives campaigns as they change
+// (best effort: a full channel skips an update, so receivers also poll
+// All now and then).
+func (c *Cache) Subscribe() <-chan *queuev1.Campaign {
+	ch := make(chan *queuev1.Campaign, 64)
+	c.mu.Lock()
+	c.subs = append(c.subs, ch)
+	c.mu.Unlock()
+	return ch
 }

@@ -355,9 +355,13 @@ func (r *Reader) Progress(ctx context.Context, tenant, messageID string, index i
 }
 
 // isStateChange reports whether ev sets its recipient's state: every event
-// but a complaint does.
+// but a complaint or an unsubscribe does.
 func isStateChange(ev *postflowv1.Event) bool {
-	return ev.GetType() != postflowv1.EventType_EVENT_TYPE_COMPLAINT && ev.GetState() != postflowv1.RecipientState_RECIPIENT_STATE_UNSPECIFIED
+	switch ev.GetType() {
+	case postflowv1.EventType_EVENT_TYPE_COMPLAINT, postflowv1.EventType_EVENT_TYPE_UNSUBSCRIBE:
+		return false
+	}
+	return ev.GetState() != postflowv1.RecipientState_RECIPIENT_STATE_UNSPECIFIED
 }
 
 // supersedes reports whether ev replaces final, a recipient's final state.
@@ -379,6 +383,32 @@ func ReportEventID(recipientID string, t postflowv1.EventType, key string) strin
 	return strings.ToLower(idEncoding.EncodeToString(h[:15]))
 }
 
+// Apply returns a recipient's state after ev, given its state cur before
+// it (UNSPECIFIED when it has none): reports that change no state leave
+// it, a final state stays (but for a DSN bounce after a delivery), and a
+// late "queued" never replaces a later state. Folding Apply over a
+// recipient's events in stream order gives its state, however often any
+// of them was redelivered.
+func Apply(cur postflowv1.RecipientState, ev *postflowv1.Event) postflowv1.RecipientState {
+	if applies(cur, ev) {
+		return ev.GetState()
+	}
+	return cur
+}
+
+// applies reports whether ev sets the state of a recipient now in cur.
+func applies(cur postflowv1.RecipientState, ev *postflowv1.Event) bool {
+	switch {
+	case !isStateChange(ev):
+		return false
+	case Final(cur) && !supersedes(cur, ev):
+		return false
+	case ev.GetState() == postflowv1.RecipientState_RECIPIENT_STATE_QUEUED && cur != postflowv1.RecipientState_RECIPIENT_STATE_UNSPECIFIED:
+		return false
+	}
+	return true
+}
+
 // Summarize derives each recipient's status from a message's events, given
 // in stream order. Recipients are ordered by index.
 func Summarize(evs []*postflowv1.Event) []*postflowv1.RecipientStatus {
@@ -398,13 +428,7 @@ func Summarize(evs []*postflowv1.Event) []*postflowv1.RecipientStatus {
 		if rs.UpdatedAt == nil || ev.GetTime().AsTime().After(rs.UpdatedAt.AsTime()) {
 			rs.UpdatedAt = ev.GetTime()
 		}
-		if !isStateChange(ev) {
-			continue
-		}
-		if Final(rs.State) && !supersedes(rs.State, ev) {
-			continue
-		}
-		if ev.GetState() == postflowv1.RecipientState_RECIPIENT_STATE_QUEUED && rs.State != postflowv1.RecipientState_RECIPIENT_STATE_UNSPECIFIED {
+		if !applies(rs.State, ev) {
 			continue
 		}
 		rs.State = ev.GetState()

@@ -134,6 +134,9 @@ const (
 	// message as spam. State is UNSPECIFIED: a complaint does not change
 	// the delivery state.
 	EventType_EVENT_TYPE_COMPLAINT EventType = 2
+	// An unsubscribe (RFC 8058 one-click, or the List-Unsubscribe mailto):
+	// the address is now on the suppression list. State is UNSPECIFIED.
+	EventType_EVENT_TYPE_UNSUBSCRIBE EventType = 3
 )
 
 // Enum value maps for EventType.
@@ -142,11 +145,13 @@ var (
 		0: "EVENT_TYPE_UNSPECIFIED",
 		1: "EVENT_TYPE_DSN",
 		2: "EVENT_TYPE_COMPLAINT",
+		3: "EVENT_TYPE_UNSUBSCRIBE",
 	}
 	EventType_value = map[string]int32{
 		"EVENT_TYPE_UNSPECIFIED": 0,
 		"EVENT_TYPE_DSN":         1,
 		"EVENT_TYPE_COMPLAINT":   2,
+		"EVENT_TYPE_UNSUBSCRIBE": 3,
 	}
 )
 
@@ -1456,11 +1461,12 @@ const file_postflow_v1_mail_proto_rawDesc = "" +
 	"\x17RECIPIENT_STATE_EXPIRED\x10\x05\x12\x1e\n" +
 	"\x1aRECIPIENT_STATE_SUPPRESSED\x10\x06\x12\x1c\n" +
 	"\x18RECIPIENT_STATE_CANCELED\x10\a\x12\x1a\n" +
-	"\x16RECIPIENT_STATE_FAILED\x10\b*U\n" +
+	"\x16RECIPIENT_STATE_FAILED\x10\b*q\n" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eEVENT_TYPE_DSN\x10\x01\x12\x18\n" +
-	"\x14EVENT_TYPE_COMPLAINT\x10\x022\xd9\x01\n" +
+	"\x14EVENT_TYPE_COMPLAINT\x10\x02\x12\x1a\n" +
+	"\x16EVENT_TYPE_UNSUBSCRIBE\x10\x032\xd9\x01\n" +
 	"\vMailService\x12;\n" +
 	"\x04Send\x12\x18.postflow.v1.SendRequest\x1a\x19.postflow.v1.SendResponse\x12J\n" +
 	"\tSendBatch\x12\x1d.postflow.v1.SendBatchRequest\x1a\x1e.postflow.v1.SendBatchResponse\x12A\n" +

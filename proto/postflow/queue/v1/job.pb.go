@@ -48,7 +48,12 @@ type DeliveryJob struct {
 	Tags     []string               `protobuf:"bytes,9,rep,name=tags,proto3" json:"tags,omitempty"`
 	// Smtputf8 reports whether the envelope needs the SMTPUTF8 extension
 	// (RFC 6531): a non-ASCII address in MAIL FROM or RCPT TO.
-	Smtputf8      bool `protobuf:"varint,10,opt,name=smtputf8,proto3" json:"smtputf8,omitempty"`
+	Smtputf8 bool `protobuf:"varint,10,opt,name=smtputf8,proto3" json:"smtputf8,omitempty"`
+	// CampaignId, when set, makes this a campaign job: body is empty and the
+	// worker renders the campaign's template for the one recipient with
+	// vars. The campaign id is also the message id.
+	CampaignId    string            `protobuf:"bytes,11,opt,name=campaign_id,json=campaignId,proto3" json:"campaign_id,omitempty"`
+	Vars          map[string]string `protobuf:"bytes,12,rep,name=vars,proto3" json:"vars,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -153,6 +158,20 @@ func (x *DeliveryJob) GetSmtputf8() bool {
 	return false
 }
 
+func (x *DeliveryJob) GetCampaignId() string {
+	if x != nil {
+		return x.CampaignId
+	}
+	return ""
+}
+
+func (x *DeliveryJob) GetVars() map[string]string {
+	if x != nil {
+		return x.Vars
+	}
+	return nil
+}
+
 // JobRecipient is one envelope recipient of a job.
 type JobRecipient struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -212,7 +231,7 @@ var File_postflow_queue_v1_job_proto protoreflect.FileDescriptor
 
 const file_postflow_queue_v1_job_proto_rawDesc = "" +
 	"\n" +
-	"\x1bpostflow/queue/v1/job.proto\x12\x11postflow.queue.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfc\x02\n" +
+	"\x1bpostflow/queue/v1/job.proto\x12\x11postflow.queue.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x04\n" +
 	"\vDeliveryJob\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1d\n" +
 	"\n" +
@@ -228,7 +247,13 @@ const file_postflow_queue_v1_job_proto_rawDesc = "" +
 	"\texpire_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\bexpireAt\x12\x12\n" +
 	"\x04tags\x18\t \x03(\tR\x04tags\x12\x1a\n" +
 	"\bsmtputf8\x18\n" +
-	" \x01(\bR\bsmtputf8\">\n" +
+	" \x01(\bR\bsmtputf8\x12\x1f\n" +
+	"\vcampaign_id\x18\v \x01(\tR\n" +
+	"campaignId\x12<\n" +
+	"\x04vars\x18\f \x03(\v2(.postflow.queue.v1.DeliveryJob.VarsEntryR\x04vars\x1a7\n" +
+	"\tVarsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\">\n" +
 	"\fJobRecipient\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x05R\x05indexB>Z<github.com/postflow/postflow/proto/postflow/queue/v1;queuev1b\x06proto3"
@@ -245,21 +270,23 @@ func file_postflow_queue_v1_job_proto_rawDescGZIP() []byte {
 	return file_postflow_queue_v1_job_proto_rawDescData
 }
 
-var file_postflow_queue_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_postflow_queue_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_postflow_queue_v1_job_proto_goTypes = []any{
 	(*DeliveryJob)(nil),           // 0: postflow.queue.v1.DeliveryJob
 	(*JobRecipient)(nil),          // 1: postflow.queue.v1.JobRecipient
-	(*timestamppb.Timestamp)(nil), // 2: google.protobuf.Timestamp
+	nil,                           // 2: postflow.queue.v1.DeliveryJob.VarsEntry
+	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
 }
 var file_postflow_queue_v1_job_proto_depIdxs = []int32{
 	1, // 0: postflow.queue.v1.DeliveryJob.recipients:type_name -> postflow.queue.v1.JobRecipient
-	2, // 1: postflow.queue.v1.DeliveryJob.accepted_at:type_name -> google.protobuf.Timestamp
-	2, // 2: postflow.queue.v1.DeliveryJob.expire_at:type_name -> google.protobuf.Timestamp
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	3, // 1: postflow.queue.v1.DeliveryJob.accepted_at:type_name -> google.protobuf.Timestamp
+	3, // 2: postflow.queue.v1.DeliveryJob.expire_at:type_name -> google.protobuf.Timestamp
+	2, // 3: postflow.queue.v1.DeliveryJob.vars:type_name -> postflow.queue.v1.DeliveryJob.VarsEntry
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_postflow_queue_v1_job_proto_init() }
@@ -273,7 +300,7 @@ func file_postflow_queue_v1_job_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postflow_queue_v1_job_proto_rawDesc), len(file_postflow_queue_v1_job_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   3,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
