@@ -22,6 +22,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/postflow/postflow/pkg/campaign"
 	"github.com/postflow/postflow/pkg/eventlog"
 	"github.com/postflow/postflow/pkg/mailmsg"
 	"github.com/postflow/postflow/pkg/queue"
@@ -60,6 +61,8 @@ type Deps struct {
 	Now func() time.Time
 	// Shaping, if set, serves ShapingService.
 	Shaping *ShapingDeps
+	// Campaigns, if set, serves CampaignService.
+	Campaigns *campaign.Store
 	// Suppression is the tenants' suppression lists: Send consults it and
 	// SuppressionService manages it. Nil disables both (tests of other
 	// parts only).
@@ -120,6 +123,9 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	)
 	postflowv1.RegisterMailServiceServer(gs, srv)
 	postflowv1.RegisterStatusServiceServer(gs, srv)
+	if deps.Campaigns != nil {
+		postflowv1.RegisterCampaignServiceServer(gs, &campaignServer{store: deps.Campaigns, reader: srv.reader, tenant: cfg.Tenant, limits: cfg.Limits, now: srv.now, log: deps.Logger})
+	}
 	if deps.Suppression != nil {
 		postflowv1.RegisterSuppressionServiceServer(gs, &suppressionServer{store: deps.Suppression, tenant: cfg.Tenant, now: srv.now, log: deps.Logger})
 	}
@@ -132,6 +138,9 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	served := []string{"", postflowv1.MailService_ServiceDesc.ServiceName, postflowv1.StatusService_ServiceDesc.ServiceName}
 	if deps.Suppression != nil {
 		served = append(served, postflowv1.SuppressionService_ServiceDesc.ServiceName)
+	}
+	if deps.Campaigns != nil {
+		served = append(served, postflowv1.CampaignService_ServiceDesc.ServiceName)
 	}
 	for _, name := range served {
 		hs.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)

@@ -29,6 +29,7 @@ import (
 	"github.com/postflow/postflow/pkg/queue"
 	"github.com/postflow/postflow/pkg/suppression"
 	"github.com/postflow/postflow/pkg/telemetry"
+	"github.com/postflow/postflow/pkg/unsubscribe"
 	"github.com/postflow/postflow/pkg/verp"
 	postflowv1 "github.com/postflow/postflow/proto/postflow/v1"
 )
@@ -64,6 +65,10 @@ type Deps struct {
 	Suppression *suppression.Store
 	// VERP checks return paths; nil runs no listener.
 	VERP *verp.Signer
+	// UnsubscribeSigner and Unsubscriber, when set, let the listener take
+	// List-Unsubscribe mail to u+TOKEN@<bounce domain>.
+	UnsubscribeSigner *unsubscribe.Signer
+	Unsubscriber      *Unsubscriber
 	// Listener, if set, is served instead of listening on SMTPAddr.
 	Listener net.Listener
 	Logger   *slog.Logger

@@ -21,6 +21,7 @@ import (
 	"github.com/postflow/postflow/pkg/eventlog"
 	"github.com/postflow/postflow/pkg/queue"
 	"github.com/postflow/postflow/pkg/telemetry"
+	"github.com/postflow/postflow/pkg/unsubscribe"
 	"github.com/postflow/postflow/pkg/verp"
 	postflowv1 "github.com/postflow/postflow/proto/postflow/v1"
 )
@@ -41,11 +42,13 @@ func serveReports(ctx context.Context, cfg Config, deps Deps) error {
 		}
 	}
 	in := &intake{
-		verp:   deps.VERP,
-		reader: eventlog.NewReader(deps.JS),
-		events: eventlog.NewWriter(queue.NewPublisher(deps.JS)),
-		log:    deps.Logger,
-		now:    deps.Now,
+		unsub:        deps.UnsubscribeSigner,
+		unsubscriber: deps.Unsubscriber,
+		verp:         deps.VERP,
+		reader:       eventlog.NewReader(deps.JS),
+		events:       eventlog.NewWriter(queue.NewPublisher(deps.JS)),
+		log:          deps.Logger,
+		now:          deps.Now,
 	}
 	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
 		return &session{in: in, remote: c.Conn().RemoteAddr().String()}, nil
@@ -75,11 +78,14 @@ func serveReports(ctx context.Context, cfg Config, deps Deps) error {
 
 // intake turns received reports into events.
 type intake struct {
-	verp   *verp.Signer
-	reader *eventlog.Reader
-	events *eventlog.Writer
-	log    *slog.Logger
-	now    func() time.Time
+	// unsub and unsubscriber, when set, take unsubscribes by mail.
+	unsub        *unsubscribe.Signer
+	unsubscriber *Unsubscriber
+	verp         *verp.Signer
+	reader       *eventlog.Reader
+	events       *eventlog.Writer
+	log          *slog.Logger
+	now          func() time.Time
 }
 
 // session is one SMTP session. It accepts any sender (reports come from
@@ -110,7 +116,11 @@ func (s *session) Rcpt(addr string, _ *smtp.RcptOptions) error {
 		return errRelay
 	}
 	local := strings.ToLower(addr[:at])
-	if local != FeedbackLocalPart {
+	if strings.HasPrefix(local, unsubscribe.MailtoPrefix) && s.in.unsub != nil {
+		if _, _, err := s.in.unsub.ParseMailto(local[len(unsubscribe.MailtoPrefix):]); err != nil {
+			return errNoUser
+		}
+	} else if local != FeedbackLocalPart {
 		if _, _, err := s.in.verp.ParseLocal(local); err != nil {
 			s.in.log.Info("bounce: refused recipient", slog.String("remote", s.remote), slog.String("rcpt", addr), slog.Any("error", err))
 			return errNoUser
@@ -144,6 +154,22 @@ func (s *session) Logout() error { return nil }
 // our messages is dropped with a log line (answering an error would send
 // a bounce of a bounce).
 func (in *intake) receive(ctx context.Context, rcpts []string, raw []byte) error {
+	// Mail to an unsubscribe address unsubscribes, whatever it says (RFC
+	// 2369 §3.2); the rest are reports.
+	var reports []string
+	for _, local := range rcpts {
+		if !strings.HasPrefix(local, unsubscribe.MailtoPrefix) {
+			reports = append(reports, local)
+			continue
+		}
+		if err := in.mailto(ctx, local); err != nil {
+			return err
+		}
+	}
+	if len(reports) == 0 {
+		return nil
+	}
+	rcpts = reports
 	rep, err := dsn.Parse(bytes.NewReader(raw))
 	if err != nil {
 		in.log.Info("bounce: unreadable report dropped", slog.Any("error", err))

@@ -22,6 +22,7 @@ import (
 	"github.com/postflow/postflow/pkg/routes"
 	"github.com/postflow/postflow/pkg/shaping"
 	"github.com/postflow/postflow/pkg/smtpout"
+	"github.com/postflow/postflow/pkg/unsubscribe"
 	"github.com/postflow/postflow/pkg/verp"
 	"github.com/postflow/postflow/services/bounce"
 )
@@ -62,6 +63,9 @@ type serveConfig struct {
 	BounceSecretFile   string
 	SuppressCategories []string
 
+	UnsubscribeURL        string
+	UnsubscribeSecretFile string
+
 	// Not flags: sized from the above.
 	Queue queue.Config
 	// Not flags: read by finish from RoutesFile and TLSRoots.
@@ -70,6 +74,11 @@ type serveConfig struct {
 	tlsRoots *x509.CertPool
 	// Not a flag: read by finish from BounceDomain and BounceSecretFile.
 	verp *verp.Signer
+	// Not flags: built by finish from UnsubscribeURL and its secret.
+	unsubSigner *unsubscribe.Signer
+	unsubLinks  *unsubscribe.Links
+	// unsubAllowHTTP lets the unsubscribe URL be http (tests on loopback).
+	unsubAllowHTTP bool
 	// mtastsPort is the HTTPS port of MTA-STS policy hosts; zero is 443.
 	// Only tests change it.
 	mtastsPort int
@@ -163,6 +172,8 @@ func serveFlags(fs *flag.FlagSet, cfg *serveConfig) {
 	fs.StringVar(&cfg.BounceDomain, "bounce-domain", cfg.BounceDomain, "domain of VERP return paths (b+TOKEN@domain); its MX must reach --bounce-smtp-addr. Empty: the sender's address is the return path")
 	fs.StringVar(&cfg.BounceSMTPAddr, "bounce-smtp-addr", cfg.BounceSMTPAddr, "bounce role: listen address for asynchronous bounces and complaints over SMTP (needs --bounce-domain)")
 	fs.StringVar(&cfg.BounceSecretFile, "bounce-secret-file", cfg.BounceSecretFile, "file holding the secret (at least 16 bytes) that authenticates return paths; the same on every worker and bounce role")
+	fs.StringVar(&cfg.UnsubscribeURL, "unsubscribe-url", cfg.UnsubscribeURL, "public https base URL of the one-click unsubscribe endpoint (served at <url>/u/ on --http-addr); campaign mail carries List-Unsubscribe only with it")
+	fs.StringVar(&cfg.UnsubscribeSecretFile, "unsubscribe-secret-file", cfg.UnsubscribeSecretFile, "file with the secret (at least 16 bytes) that signs unsubscribe links; default: --bounce-secret-file")
 	fs.Func("suppress-categories", "bounce categories that put an address on the suppression list (default bad_mailbox,bad_domain); complaints always do", func(s string) error {
 		cfg.SuppressCategories = []string{}
 		for _, c := range strings.Split(s, ",") {
@@ -270,6 +281,7 @@ func (c *serveConfig) finish() error {
 		}
 	}
 	errs = append(errs, c.finishBounce()...)
+	errs = append(errs, c.finishUnsubscribe()...)
 	if c.TLSRoots != "" {
 		pem, err := os.ReadFile(c.TLSRoots)
 		c.tlsRoots = x509.NewCertPool()
@@ -318,6 +330,31 @@ func (c *serveConfig) finishBounce() (errs []error) {
 	return errs
 }
 
+// finishUnsubscribe builds the unsubscribe signer and links.
+func (c *serveConfig) finishUnsubscribe() (errs []error) {
+	if c.UnsubscribeURL == "" {
+		return nil
+	}
+	file := c.UnsubscribeSecretFile
+	if file == "" {
+		file = c.BounceSecretFile
+	}
+	if file == "" {
+		return []error{errors.New("--unsubscribe-url: needs --unsubscribe-secret-file (or --bounce-secret-file)")}
+	}
+	secret, err := os.ReadFile(file)
+	if err != nil {
+		return []error{fmt.Errorf("--unsubscribe-secret-file: %w", err)}
+	}
+	if c.unsubSigner, err = unsubscribe.NewSigner(bytes.TrimSpace(secret)); err != nil {
+		return []error{fmt.Errorf("--unsubscribe-secret-file: %w", err)}
+	}
+	if c.unsubLinks, err = unsubscribe.NewLinks(c.unsubSigner, c.UnsubscribeURL, c.BounceDomain, unsubscribe.Options{AllowHTTP: c.unsubAllowHTTP}); err != nil {
+		errs = append(errs, fmt.Errorf("--unsubscribe-url: %w", err))
+	}
+	return errs
+}
+
 func (c *serveConfig) retrySchedule() retry.Schedule {
 	s := retry.DefaultSchedule()
 	s.Min, s.Max = c.RetryMin, c.RetryMax
@@ -349,6 +386,7 @@ func (c *serveConfig) logAttrs() []any {
 		slog.Duration("events_retention", c.Queue.EventsMaxAge), slog.String("bounce_domain", c.BounceDomain),
 		slog.String("bounce_smtp_addr", c.BounceSMTPAddr), slog.String("bounce_secret_file", c.BounceSecretFile),
 		slog.Any("suppress_categories", c.SuppressCategories),
+		slog.String("unsubscribe_url", c.UnsubscribeURL), slog.String("unsubscribe_secret_file", c.UnsubscribeSecretFile),
 	}
 }
 

@@ -31,6 +31,7 @@ Usage:
   postflow events [flags] [--follow]      list or follow events (filters: message, recipient, tag, state, time)
   postflow cancel [flags] MESSAGE_ID      cancel a message's undelivered recipients
   postflow suppress add|remove|check|list manage the suppression list
+  postflow campaign send|status|pause|resume|cancel|list   bulk campaigns from a CSV
   postflow shaping check|status           validate shaping limits; show them live
   postflow version
 
@@ -55,6 +56,8 @@ func run(ctx context.Context, args []string) error {
 		return eventsCmd(ctx, args[1:], os.Stdout, os.Getenv)
 	case "cancel":
 		return cancelCmd(ctx, args[1:], os.Stdout, os.Getenv)
+	case "campaign":
+		return campaignCmd(ctx, args[1:], os.Stdout, os.Getenv)
 	case "suppress":
 		return suppressCmd(ctx, args[1:], os.Stdout, os.Getenv)
 	case "shaping":

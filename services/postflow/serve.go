@@ -24,6 +24,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/postflow/postflow/pkg/campaign"
 	"github.com/postflow/postflow/pkg/dkim"
 	"github.com/postflow/postflow/pkg/mtasts"
 	"github.com/postflow/postflow/pkg/mx"
@@ -34,6 +35,7 @@ import (
 	"github.com/postflow/postflow/pkg/smtpout"
 	"github.com/postflow/postflow/pkg/suppression"
 	"github.com/postflow/postflow/pkg/telemetry"
+	"github.com/postflow/postflow/pkg/unsubscribe"
 	"github.com/postflow/postflow/services/api"
 	"github.com/postflow/postflow/services/bounce"
 	"github.com/postflow/postflow/services/worker"
@@ -127,6 +129,9 @@ type app struct {
 
 	// supp is the suppression list, shared by the api and bounce roles.
 	supp *suppression.Store
+	// campaigns is the campaign store (api role) behind the live view
+	// the worker role watches.
+	campaigns *campaign.Store
 }
 
 // newApp connects (or starts) NATS, ensures the streams, and opens the
@@ -165,6 +170,9 @@ func newApp(ctx context.Context, cfg serveConfig, log *slog.Logger, metrics http
 		return nil, err
 	}
 	if a.supp, err = suppression.Open(ectx, a.js, suppression.Config{Replicas: cfg.Queue.Replicas}, nil); err != nil {
+		return nil, err
+	}
+	if a.campaigns, err = campaign.Open(ectx, a.js, campaign.Config{Replicas: cfg.Queue.Replicas}); err != nil {
 		return nil, err
 	}
 	if cfg.has("bounce") && cfg.BounceSMTPAddr != "" {
@@ -242,7 +250,7 @@ func (a *app) run(ctx context.Context) error {
 				MaxAge:          a.cfg.MaxAge,
 				PublishTimeout:  10 * time.Second,
 				ShutdownTimeout: a.cfg.ShutdownTimeout,
-			}, api.Deps{JS: a.js, Logger: a.log, Listener: a.grpcLis, Suppression: a.supp,
+			}, api.Deps{JS: a.js, Logger: a.log, Listener: a.grpcLis, Suppression: a.supp, Campaigns: a.campaigns,
 				Shaping: &api.ShapingDeps{Limiter: lim, Config: a.cfg.shaping, Resolver: router}})
 		})
 	}
@@ -287,6 +295,10 @@ func (a *app) run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("mta-sts: %w", err)
 		}
+		live, err := a.campaigns.Watch(ctx)
+		if err != nil {
+			return err
+		}
 		deps := worker.Deps{
 			JS:      a.js,
 			Router:  router,
@@ -297,6 +309,16 @@ func (a *app) run(ctx context.Context) error {
 			Limiter: lim,
 			VERP:    a.cfg.verp,
 			Logger:  a.log,
+
+			Campaigns:   live,
+			Suppression: a.supp,
+		}
+		if links := a.cfg.unsubLinks; links != nil {
+			deps.Unsubscribe = func(tenant, campaignID string, index int, addr string) (string, string, error) {
+				return links.Headers(unsubscribe.Subject{Tenant: tenant, Address: addr, CampaignID: campaignID, MessageID: campaignID, Index: index})
+			}
+		} else {
+			a.log.Warn("campaigns: no --unsubscribe-url: campaign mail goes without List-Unsubscribe (RFC 8058); set it in production")
 		}
 		if signer != nil { // a nil *dkim.Signer must not become a non-nil interface
 			deps.Signer = signer
@@ -315,6 +337,8 @@ func (a *app) run(ctx context.Context) error {
 				PoisonAttempts:  5,
 				LeaseTTL:        connectionLease,
 				MaxDeliver:      a.cfg.Queue.MaxDeliver,
+				Limits:          a.cfg.limits(),
+				MaxAge:          a.cfg.MaxAge,
 			}, deps)
 		})
 	}
@@ -330,10 +354,19 @@ func (a *app) run(ctx context.Context) error {
 				Hostname:           a.cfg.Hostname,
 				MaxReportBytes:     int64(a.cfg.MaxMessageBytes),
 				ShutdownTimeout:    a.cfg.ShutdownTimeout,
-			}, bounce.Deps{JS: a.js, Suppression: a.supp, VERP: a.cfg.verp, Listener: a.bounceLis, Logger: a.log})
+			}, bounce.Deps{JS: a.js, Suppression: a.supp, VERP: a.cfg.verp, Listener: a.bounceLis, Logger: a.log,
+				UnsubscribeSigner: a.cfg.unsubSigner, Unsubscriber: a.unsubscriber()})
 		})
 	}
 	return g.Wait()
+}
+
+// unsubscriber records unsubscriptions; nil without an unsubscribe URL.
+func (a *app) unsubscriber() *bounce.Unsubscriber {
+	if a.cfg.unsubSigner == nil {
+		return nil
+	}
+	return bounce.NewUnsubscriber(a.js, a.supp, a.log)
 }
 
 // connectionLease is how long a connection slot is held without renewal: a
@@ -410,6 +443,10 @@ func (a *app) serveHTTP(ctx context.Context) error {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.Handle("GET /metrics", a.metrics)
+	if a.cfg.unsubSigner != nil {
+		// RFC 8058 one-click unsubscribe: the only path to expose publicly.
+		mux.Handle(unsubscribe.Path, unsubscribe.Handler(a.cfg.unsubSigner, a.unsubscriber()))
+	}
 	if a.cfg.Pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

@@ -89,7 +89,9 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 
 	rcpts := job.GetRecipients()
 	fresh := false
-	if deliveries == 1 {
+	if deliveries == 1 && job.GetCampaignId() == "" {
+		// (A campaign job has one recipient of a message with very many:
+		// its own look-up is cheaper than one over the whole message.)
 		// One read tells whether anything happened to the message since
 		// Send: Cancel, or an attempt by a job of another domain.
 		last, err := w.reader.MessageLast(ctx, job.GetTenant(), job.GetMessageId())
@@ -115,6 +117,18 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		// ack was lost. A plain Ack, for the reason given below.
 		_ = msg.Ack()
 		return
+	}
+	if job.GetCampaignId() != "" {
+		if w.campaigns == nil {
+			// A worker started without campaigns leaves the job to one
+			// that has them.
+			_ = msg.NakWithDelay(pausedDelay)
+			return
+		}
+		job.Recipients = rcpts
+		if w.campaignJob(ctx, msg, job, attempt) {
+			return
+		}
 	}
 
 	start := w.now()

@@ -17,7 +17,10 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/postflow/postflow/pkg/campaign"
+	"github.com/postflow/postflow/pkg/campaign/render"
 	"github.com/postflow/postflow/pkg/eventlog"
+	"github.com/postflow/postflow/pkg/mailmsg"
 	"github.com/postflow/postflow/pkg/mtasts"
 	"github.com/postflow/postflow/pkg/mx"
 	"github.com/postflow/postflow/pkg/queue"
@@ -25,6 +28,7 @@ import (
 	"github.com/postflow/postflow/pkg/routes"
 	"github.com/postflow/postflow/pkg/shaping"
 	"github.com/postflow/postflow/pkg/smtpout"
+	"github.com/postflow/postflow/pkg/suppression"
 	"github.com/postflow/postflow/pkg/verp"
 )
 
@@ -58,6 +62,13 @@ type Config struct {
 	// LeaseTTL is how long a connection slot is held without renewal; it
 	// must match the sender's shaping.LeasedDialer (default 30s).
 	LeaseTTL time.Duration
+	// Limits bound the campaign messages the worker builds.
+	Limits mailmsg.Limits
+	// FeedWindow is how many jobs OUTBOUND may hold before campaign
+	// feeding waits (default 5,000).
+	FeedWindow uint64
+	// MaxAge is how long a campaign job is retried before it expires.
+	MaxAge time.Duration
 }
 
 // router resolves a recipient domain to its MX targets, and a smarthost's
@@ -115,8 +126,16 @@ type Deps struct {
 	Signer signer
 	// VERP, if set, gives every recipient its own return path on the
 	// bounce domain, so asynchronous bounces name their recipient.
-	VERP   *verp.Signer
-	Logger *slog.Logger
+	VERP *verp.Signer
+	// Campaigns, if set, is the live view of every campaign: the worker
+	// then feeds running campaigns and renders their jobs.
+	Campaigns *campaign.Cache
+	// Suppression is consulted when campaign rows are fed.
+	Suppression *suppression.Store
+	// Unsubscribe, if set, returns a campaign recipient's List-Unsubscribe
+	// and List-Unsubscribe-Post header values (RFC 8058).
+	Unsubscribe func(tenant, campaignID string, index int, addr string) (listUnsubscribe, post string, err error)
+	Logger      *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -133,12 +152,18 @@ type Worker struct {
 	gate   connGate
 	sign   signer
 	verp   *verp.Signer
-	pub    *queue.Publisher
-	events *eventlog.Writer
-	reader *eventlog.Reader
-	log    *slog.Logger
-	now    func() time.Time
-	tracer trace.Tracer
+	// Campaigns: the live view, parsed templates, unsubscribe headers
+	// and the feeder (nil without campaigns).
+	campaigns   *campaign.Cache
+	templates   *render.Cache
+	unsubscribe func(tenant, campaignID string, index int, addr string) (string, string, error)
+	feed        *feeder
+	pub         *queue.Publisher
+	events      *eventlog.Writer
+	reader      *eventlog.Reader
+	log         *slog.Logger
+	now         func() time.Time
+	tracer      trace.Tracer
 }
 
 // New returns a Worker; Run starts it.
@@ -153,7 +178,13 @@ func New(cfg Config, deps Deps) *Worker {
 	if cfg.LeaseTTL <= 0 {
 		cfg.LeaseTTL = 30 * time.Second
 	}
-	return &Worker{
+	if cfg.FeedWindow == 0 {
+		cfg.FeedWindow = 5000
+	}
+	if cfg.MaxAge <= 0 {
+		cfg.MaxAge = 5 * 24 * time.Hour
+	}
+	w := &Worker{
 		cfg:    cfg,
 		router: deps.Router,
 		routes: deps.Routes,
@@ -163,13 +194,22 @@ func New(cfg Config, deps Deps) *Worker {
 		limit:  deps.Limiter,
 		sign:   deps.Signer,
 		verp:   deps.VERP,
-		pub:    queue.NewPublisher(deps.JS),
-		events: eventlog.NewWriter(queue.NewPublisher(deps.JS)),
-		reader: eventlog.NewReader(deps.JS),
-		log:    deps.Logger,
-		now:    now,
-		tracer: otel.Tracer("github.com/postflow/postflow/services/worker"),
+
+		campaigns:   deps.Campaigns,
+		templates:   render.NewCache(256),
+		unsubscribe: deps.Unsubscribe,
+		pub:         queue.NewPublisher(deps.JS),
+		events:      eventlog.NewWriter(queue.NewPublisher(deps.JS)),
+		reader:      eventlog.NewReader(deps.JS),
+		log:         deps.Logger,
+		now:         now,
+		tracer:      otel.Tracer("github.com/postflow/postflow/services/worker"),
 	}
+	if deps.Campaigns != nil {
+		w.feed = &feeder{js: deps.JS, cache: deps.Campaigns, supp: deps.Suppression, pub: w.pub, events: w.events,
+			log: deps.Logger, now: now, window: cfg.FeedWindow, maxAge: cfg.MaxAge}
+	}
+	return w
 }
 
 // Run consumes jobs until ctx ends. Shutdown then proceeds in order: stop
@@ -195,6 +235,11 @@ func (w *Worker) Run(ctx context.Context, js jetstream.JetStream) error {
 		return fmt.Errorf("worker: pull: %w", err)
 	}
 	w.log.Info("worker: consuming", slog.Int("concurrency", w.cfg.Concurrency))
+	if w.feed != nil {
+		feedCtx, stopFeed := context.WithCancel(ctx)
+		defer stopFeed()
+		go w.feed.run(feedCtx)
+	}
 
 	// Attempts run under hard, which outlives ctx by ShutdownTimeout.
 	hard, cancelHard := context.WithCancel(context.WithoutCancel(ctx))
