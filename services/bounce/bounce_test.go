@@ -21,6 +21,7 @@ import (
 	"github.com/postflow/postflow/pkg/queue"
 	"github.com/postflow/postflow/pkg/suppression"
 	"github.com/postflow/postflow/pkg/testenv"
+	"github.com/postflow/postflow/pkg/unsubscribe"
 	"github.com/postflow/postflow/pkg/verp"
 	postflowv1 "github.com/postflow/postflow/proto/postflow/v1"
 	"github.com/postflow/postflow/services/bounce"
@@ -32,6 +33,7 @@ const (
 )
 
 type env struct {
+	unsub  *unsubscribe.Signer
 	addr   string
 	js     jetstream.JetStream
 	signer *verp.Signer
@@ -61,6 +63,10 @@ func start(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	unsub, err := unsubscribe.NewSigner([]byte("another test secret, long enough"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -68,7 +74,8 @@ func start(t *testing.T) *env {
 	done := make(chan error, 1)
 	go func() {
 		done <- bounce.Run(ctx, bounce.Config{Hostname: "mx." + bounceDomain, ShutdownTimeout: time.Second},
-			bounce.Deps{JS: js, Suppression: store, VERP: signer, Listener: lis, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			bounce.Deps{JS: js, Suppression: store, VERP: signer, Listener: lis, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+				UnsubscribeSigner: unsub, Unsubscriber: bounce.NewUnsubscriber(js, store, slog.New(slog.NewTextHandler(io.Discard, nil)))})
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -76,7 +83,7 @@ func start(t *testing.T) *env {
 			t.Errorf("bounce.Run: %v", err)
 		}
 	})
-	return &env{addr: lis.Addr().String(), js: js, signer: signer, store: store,
+	return &env{unsub: unsub, addr: lis.Addr().String(), js: js, signer: signer, store: store,
 		writer: eventlog.NewWriter(queue.NewPublisher(js)), reader: eventlog.NewReader(js)}
 }
 
@@ -427,5 +434,34 @@ func TestUncorrelatedReportDropped(t *testing.T) {
 	}
 	if recs := bounceRecords(t, e.js); len(recs) != 0 {
 		t.Fatalf("BOUNCES holds %d records, want none", len(recs))
+	}
+}
+
+// TestUnsubscribeByMail: mail to the List-Unsubscribe mailto address
+// (u+TOKEN@ the bounce domain) unsubscribes the recipient it names, and a
+// forged token is refused at RCPT.
+func TestUnsubscribeByMail(t *testing.T) {
+	e := start(t)
+	const id, rcpt = "unsubbymailunsubbymailun", "bye@example.com"
+	e.sent(t, id, rcpt)
+	to := unsubscribe.MailtoPrefix + e.unsub.MailtoToken(id, 0) + "@" + bounceDomain
+	if err := e.deliver(t, "bye@example.com", []string{to}, "Subject: unsubscribe\n\nplease\n"); err != nil {
+		t.Fatal(err)
+	}
+	sup, err := e.store.Get(t.Context(), tenant, rcpt)
+	if err != nil || sup.GetReason() != postflowv1.SuppressionReason_SUPPRESSION_REASON_UNSUBSCRIBE || sup.GetMessageId() != id {
+		t.Fatalf("suppression = %v, %v; want an unsubscribe naming %s", sup, err, id)
+	}
+	evs, err := e.reader.Message(t.Context(), tenant, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := evs[len(evs)-1]
+	if last.GetType() != postflowv1.EventType_EVENT_TYPE_UNSUBSCRIBE || eventlog.Summarize(evs)[0].GetState() != postflowv1.RecipientState_RECIPIENT_STATE_DELIVERED {
+		t.Errorf("last event %v; want an unsubscribe that leaves the state delivered", last)
+	}
+	forged := unsubscribe.MailtoPrefix + e.unsub.MailtoToken(id, 1)[:10] + "@" + bounceDomain
+	if code := rawRcpt(t, e.addr, "<"+forged+">"); code != 550 {
+		t.Errorf("RCPT to a forged unsubscribe address answered %d, want 550", code)
 	}
 }

@@ -99,6 +99,7 @@ func (s *stack) reconnect() {
 	s.status = postflowv1.NewStatusServiceClient(conn)
 	s.shaping = postflowv1.NewShapingServiceClient(conn)
 	s.suppress = postflowv1.NewSuppressionServiceClient(conn)
+	s.campaigns = postflowv1.NewCampaignServiceClient(conn)
 }
 
 // TestHardBounceSuppressesAddress: a synchronous 5.1.1 puts the address on

@@ -74,8 +74,10 @@ type stack struct {
 	shaping postflowv1.ShapingServiceClient
 	// suppress is the SuppressionService client.
 	suppress postflowv1.SuppressionServiceClient
-	stream   jetstream.JetStream
-	api      *runningApp
+	// campaigns is the CampaignService client.
+	campaigns postflowv1.CampaignServiceClient
+	stream    jetstream.JetStream
+	api       *runningApp
 	// logs holds every app's log lines at Info and above, so tests can
 	// assert what is (and is not) logged.
 	logs lockedBuffer
