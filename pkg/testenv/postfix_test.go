@@ -82,7 +82,9 @@ func TestPostfixLocalDomainBounces(t *testing.T) {
 	if !pollUntil(10*time.Second, func() bool { return strings.Contains(p.LocalMailbox("root"), "hello local") }) {
 		t.Errorf("root's mailbox = %q, want the message", p.LocalMailbox("root"))
 	}
-	if !regexp.MustCompile(`to=<sender@bounce.test>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+, .*status=sent`).MatchString(p.Log()) {
+	// Postfix logs the delivery once the sink has answered: poll for it.
+	sent := regexp.MustCompile(`to=<sender@bounce.test>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+, .*status=sent`)
+	if !pollUntil(10*time.Second, func() bool { return sent.MatchString(p.Log()) }) {
 		t.Errorf("the log does not show the DSN sent through the transport map")
 	}
 }

@@ -263,6 +263,9 @@ func (s *campaignServer) GetCampaign(ctx context.Context, req *postflowv1.GetCam
 	return &postflowv1.GetCampaignResponse{Campaign: publicCampaign(c, counts)}, nil
 }
 
+// countPage is how many events one List call of counts reads.
+const countPage = 10000
+
 // tally is one campaign's recipient states folded from its events, and
 // the position in EVENTS up to which they are folded.
 type tally struct {
@@ -291,7 +294,7 @@ func (s *campaignServer) counts(ctx context.Context, c *queuev1.Campaign) (*post
 	defer t.mu.Unlock()
 	f := eventlog.Filter{MessageID: c.GetId()}
 	for {
-		items, next, more, err := s.reader.List(ctx, c.GetTenant(), f, t.after, 10000)
+		items, next, more, err := s.reader.List(ctx, c.GetTenant(), f, t.after, countPage)
 		if err != nil {
 			return nil, err
 		}
@@ -306,7 +309,9 @@ func (s *campaignServer) counts(ctx context.Context, c *queuev1.Campaign) (*post
 			t.states[i] = eventlog.Apply(t.states[i], it.Event)
 		}
 		t.after = next
-		if !more {
+		// A short page is the end as of this call: a running campaign
+		// keeps adding events, and chasing them would never return.
+		if !more || len(items) < countPage {
 			break
 		}
 	}
