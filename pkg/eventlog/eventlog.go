@@ -409,6 +409,52 @@ func applies(cur postflowv1.RecipientState, ev *postflowv1.Event) bool {
 	return true
 }
 
+// FinalEvent returns the event that holds one recipient's final state
+// (by Apply's rules), nil when it has none.
+func (r *Reader) FinalEvent(ctx context.Context, tenant, messageID string, index int) (*postflowv1.Event, error) {
+	st, err := r.stream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	subject := queue.EventSubject(tenant, messageID, index)
+	var final *postflowv1.Event
+	state := postflowv1.RecipientState_RECIPIENT_STATE_UNSPECIFIED
+	for seq := uint64(1); ; {
+		raw, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return final, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("eventlog: read %s: %w", subject, err)
+		}
+		ev := &postflowv1.Event{}
+		if err := proto.Unmarshal(raw.Data, ev); err != nil {
+			return nil, fmt.Errorf("eventlog: decode: %w", err)
+		}
+		if applies(state, ev) {
+			state = ev.GetState()
+			if Final(state) {
+				final = ev
+			}
+		}
+		seq = raw.Sequence + 1
+	}
+}
+
+// RepublishBounce publishes again the BOUNCES record of ev, a final
+// event, if it makes one. Its Nats-Msg-Id is the one Write used, so a
+// record already stored is not stored twice (within the Duplicates
+// window). A worker calls it for recipients it finds already final on a
+// redelivered job: the event and its record go to two streams, and a
+// crash between the two stores can leave the record missing.
+func (w *Writer) RepublishBounce(ctx context.Context, ev *postflowv1.Event) error {
+	msgs, err := BounceMsgs(ev)
+	if err != nil || len(msgs) == 0 {
+		return err
+	}
+	return w.pub.Publish(ctx, msgs...)
+}
+
 // Summarize derives each recipient's status from a message's events, given
 // in stream order. Recipients are ordered by index.
 func Summarize(evs []*postflowv1.Event) []*postflowv1.RecipientStatus {

@@ -696,3 +696,45 @@ func TestMessageLastAndHeader(t *testing.T) {
 		t.Fatalf("Progress after a complaint = %v, %d, %v; want final at attempt 1", final, attempt, err)
 	}
 }
+
+// TestRepublishBounceRestoresAMissingRecord: an event stored without its
+// BOUNCES record (a crash between the two) gets it from RepublishBounce,
+// once however often it is called; FinalEvent finds the failure.
+func TestRepublishBounceRestoresAMissingRecord(t *testing.T) {
+	t.Parallel()
+	ctx, w, r, _, js := startEventsJS(t)
+	const msg = "republishrepublishrepubl"
+	bounce := msgEvent(msg, 0, bounced, 1)
+	// Only the EVENTS half of Write, as a crash would leave it.
+	evMsgs, err := eventlog.Msgs(msgEvent(msg, 0, queued, 0), bounce)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := queue.NewPublisher(js).Publish(ctx, evMsgs...); err != nil {
+		t.Fatal(err)
+	}
+	final, err := r.FinalEvent(ctx, "acme", msg, 0)
+	if err != nil || final.GetEventId() != bounce.GetEventId() {
+		t.Fatalf("FinalEvent = %v, %v; want the bounce", final, err)
+	}
+	for range 3 {
+		if err := w.RepublishBounce(ctx, final); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := js.Stream(ctx, queue.BouncesStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil || info.State.Msgs != 1 {
+		t.Fatalf("BOUNCES holds %d records, %v; want 1", info.State.Msgs, err)
+	}
+	// A delivered recipient has no record to restore.
+	if err := w.RepublishBounce(ctx, msgEvent(msg, 1, delivered, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if info, _ = st.Info(ctx); info.State.Msgs != 1 {
+		t.Fatalf("BOUNCES holds %d records after a delivery, want 1", info.State.Msgs)
+	}
+}

@@ -198,7 +198,10 @@ func (w *Worker) requeue(ctx context.Context, msg jetstream.Msg, streamSeq uint6
 }
 
 // pending returns the job's recipients that have no final state yet, and
-// the number of the latest attempt recorded for any of them.
+// the number of the latest attempt recorded for any of them. For a
+// recipient already final it makes sure the BOUNCES record of a failure
+// exists: an earlier delivery may have died between storing the event
+// and storing the record (TESTPLAN A10).
 func (w *Worker) pending(ctx context.Context, job *queuev1.DeliveryJob) (last int32, out []*queuev1.JobRecipient, err error) {
 	for _, r := range job.GetRecipients() {
 		final, attempt, err := w.reader.Progress(ctx, job.GetTenant(), job.GetMessageId(), int(r.GetIndex()))
@@ -208,6 +211,16 @@ func (w *Worker) pending(ctx context.Context, job *queuev1.DeliveryJob) (last in
 		last = max(last, attempt)
 		if !final {
 			out = append(out, r)
+			continue
+		}
+		ev, err := w.reader.FinalEvent(ctx, job.GetTenant(), job.GetMessageId(), int(r.GetIndex()))
+		if err != nil {
+			return 0, nil, err
+		}
+		if ev != nil {
+			if err := w.events.RepublishBounce(ctx, ev); err != nil {
+				return 0, nil, err
+			}
 		}
 	}
 	return last, out, nil
