@@ -374,6 +374,19 @@ func supersedes(final postflowv1.RecipientState, ev *postflowv1.Event) bool {
 		ev.GetState() == postflowv1.RecipientState_RECIPIENT_STATE_BOUNCED
 }
 
+// Suppressed completes ev, which names a recipient, as the event that
+// records it was not queued because it is on the suppression list (entry
+// sup): final at once, with a synthesised reply (remote = false) saying
+// why, so that status explains it.
+func Suppressed(ev *postflowv1.Event, sup *postflowv1.Suppression) *postflowv1.Event {
+	reason := strings.ToLower(strings.TrimPrefix(sup.GetReason().String(), "SUPPRESSION_REASON_"))
+	ev.State = postflowv1.RecipientState_RECIPIENT_STATE_SUPPRESSED
+	ev.EventId = EventID(ev.GetRecipientId(), 0, ev.State)
+	ev.Reply = &postflowv1.SMTPReply{Code: 550, EnhancedCode: "5.7.1", Text: "recipient is on the suppression list (reason: " + reason + ")"}
+	ev.Category = "suppressed"
+	return ev
+}
+
 // ReportEventID derives the stable id of an event made from an
 // asynchronous report (a DSN or a complaint) about one recipient. key
 // identifies the report, e.g. its Message-ID: a report the remote sends

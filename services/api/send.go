@@ -102,7 +102,7 @@ func (s *Server) send(ctx context.Context, req *postflowv1.SendRequest) (*postfl
 		rid := eventlog.RecipientID(msgID, i)
 		if sup := suppressed[i]; sup != nil {
 			resp.Recipients = append(resp.Recipients, &postflowv1.AcceptedRecipient{Address: rcpt.Addr, RecipientId: rid, State: postflowv1.RecipientState_RECIPIENT_STATE_SUPPRESSED})
-			queued = append(queued, suppressedEvent(tenant, msgID, rid, rcpt.Addr, acceptedAt, req.GetTags(), sup))
+			queued = append(queued, eventlog.Suppressed(&postflowv1.Event{Tenant: tenant, MessageId: msgID, RecipientId: rid, Recipient: rcpt.Addr, Time: acceptedAt, Tags: req.GetTags()}, sup))
 			continue
 		}
 		resp.Recipients = append(resp.Recipients, &postflowv1.AcceptedRecipient{Address: rcpt.Addr, RecipientId: rid, State: postflowv1.RecipientState_RECIPIENT_STATE_QUEUED})
@@ -241,23 +241,4 @@ func (s *Server) suppressed(ctx context.Context, tenant string, rcpts []mailmsg.
 		}
 	}
 	return out, nil
-}
-
-// suppressedEvent records that a recipient was not queued because it is on
-// the suppression list. It is final at once: no job carries it.
-func suppressedEvent(tenant, msgID, rid, addr string, at *timestamppb.Timestamp, tags []string, sup *postflowv1.Suppression) *postflowv1.Event {
-	reason := strings.ToLower(strings.TrimPrefix(sup.GetReason().String(), "SUPPRESSION_REASON_"))
-	return &postflowv1.Event{
-		EventId:     eventlog.EventID(rid, 0, postflowv1.RecipientState_RECIPIENT_STATE_SUPPRESSED),
-		Tenant:      tenant,
-		MessageId:   msgID,
-		RecipientId: rid,
-		Recipient:   addr,
-		State:       postflowv1.RecipientState_RECIPIENT_STATE_SUPPRESSED,
-		Time:        at,
-		Tags:        tags,
-		// A synthesised reply (remote = false), so that status shows why.
-		Reply:    &postflowv1.SMTPReply{Code: 550, EnhancedCode: "5.7.1", Text: "recipient is on the suppression list (reason: " + reason + ")"},
-		Category: "suppressed",
-	}
 }

@@ -343,3 +343,31 @@ func TestCLICampaign(t *testing.T) {
 		t.Errorf("sink received %d messages, want 2", s.sink.Count())
 	}
 }
+
+// TestCampaignHonoursSuppression: a suppressed address in a campaign gets
+// SUPPRESSED and no SMTP; the others are delivered.
+func TestCampaignHonoursSuppression(t *testing.T) {
+	s := startStack(t, testenv.SinkScript{})
+	if _, err := s.suppress.AddSuppression(s.ctx(), &postflowv1.AddSuppressionRequest{Address: "gone@example.test", Reason: postflowv1.SuppressionReason_SUPPRESSION_REASON_COMPLAINT}); err != nil {
+		t.Fatal(err)
+	}
+	id, _ := s.createCampaign(t, &postflowv1.CreateCampaignRequest{From: "news@sender.test", Subject: "s", Text: "t"},
+		[]*postflowv1.RecipientRow{{Email: "gone@example.test"}, {Email: "here@example.test"}})
+	if _, err := s.campaigns.StartCampaign(s.ctx(), &postflowv1.StartCampaignRequest{CampaignId: id}); err != nil {
+		t.Fatal(err)
+	}
+	var c *postflowv1.Campaign
+	if !eventually(30*time.Second, func() bool {
+		c = s.campaign(t, id)
+		return c.GetState() == postflowv1.CampaignState_CAMPAIGN_STATE_FINISHED
+	}) {
+		t.Fatalf("campaign %v with %v, want finished", c.GetState(), c.GetCounts())
+	}
+	if n := c.GetCounts(); n.GetSuppressed() != 1 || n.GetDelivered() != 1 {
+		t.Errorf("counts %v; want 1 suppressed, 1 delivered", n)
+	}
+	s.waitQueueEmpty(10 * time.Second)
+	if n := s.sink.RcptAttempts("gone@example.test"); n != 0 {
+		t.Errorf("RCPT attempts for the suppressed address: %d", n)
+	}
+}

@@ -115,27 +115,27 @@ func campaignCmd(ctx context.Context, args []string, out io.Writer, getenv func(
 		if sub == "status" && *follow {
 			return followCampaign(ctx, client, id, out, cf.timeout)
 		}
+		ops := map[string]func(context.Context) (*postflowv1.Campaign, error){
+			"status": func(ctx context.Context) (*postflowv1.Campaign, error) {
+				r, err := client.GetCampaign(ctx, &postflowv1.GetCampaignRequest{CampaignId: id})
+				return r.GetCampaign(), err
+			},
+			"pause": func(ctx context.Context) (*postflowv1.Campaign, error) {
+				r, err := client.PauseCampaign(ctx, &postflowv1.PauseCampaignRequest{CampaignId: id})
+				return r.GetCampaign(), err
+			},
+			"resume": func(ctx context.Context) (*postflowv1.Campaign, error) {
+				r, err := client.ResumeCampaign(ctx, &postflowv1.ResumeCampaignRequest{CampaignId: id})
+				return r.GetCampaign(), err
+			},
+			"cancel": func(ctx context.Context) (*postflowv1.Campaign, error) {
+				r, err := client.CancelCampaign(ctx, &postflowv1.CancelCampaignRequest{CampaignId: id})
+				return r.GetCampaign(), err
+			},
+		}
 		cctx, cancel := call()
 		defer cancel()
-		var c *postflowv1.Campaign
-		switch sub {
-		case "status":
-			var r *postflowv1.GetCampaignResponse
-			r, err = client.GetCampaign(cctx, &postflowv1.GetCampaignRequest{CampaignId: id})
-			c = r.GetCampaign()
-		case "pause":
-			var r *postflowv1.PauseCampaignResponse
-			r, err = client.PauseCampaign(cctx, &postflowv1.PauseCampaignRequest{CampaignId: id})
-			c = r.GetCampaign()
-		case "resume":
-			var r *postflowv1.ResumeCampaignResponse
-			r, err = client.ResumeCampaign(cctx, &postflowv1.ResumeCampaignRequest{CampaignId: id})
-			c = r.GetCampaign()
-		case "cancel":
-			var r *postflowv1.CancelCampaignResponse
-			r, err = client.CancelCampaign(cctx, &postflowv1.CancelCampaignRequest{CampaignId: id})
-			c = r.GetCampaign()
-		}
+		c, err := ops[sub](cctx)
 		if err != nil {
 			return rpcError(err)
 		}

@@ -196,11 +196,7 @@ func (f *feeder) move(ctx context.Context, c *queuev1.Campaign, rows []jetstream
 			evs = append(evs, ev)
 			continue
 		case suppressed[norm] != nil:
-			ev.State = postflowv1.RecipientState_RECIPIENT_STATE_SUPPRESSED
-			ev.EventId = eventlog.EventID(rid, 0, ev.State)
-			ev.Reply = &postflowv1.SMTPReply{Code: 550, EnhancedCode: "5.7.1", Text: "recipient is on the suppression list"}
-			ev.Category = "suppressed"
-			evs = append(evs, ev)
+			evs = append(evs, eventlog.Suppressed(ev, suppressed[norm]))
 			continue
 		}
 		domain := strings.ToLower(r.GetAddress()[strings.LastIndexByte(r.GetAddress(), '@')+1:])
