@@ -371,7 +371,12 @@ func publicCampaign(c *queuev1.Campaign, counts *postflowv1.CampaignCounts) *pos
 	if counts == nil {
 		counts = &postflowv1.CampaignCounts{Recipients: c.GetRecipientsAdded(), DuplicatesDropped: c.GetDuplicatesDropped()}
 	}
+	progress := 0.0
+	if n := counts.GetRecipients(); n > 0 {
+		progress = float64(n-counts.GetQueued()-counts.GetDeferred()) / float64(n)
+	}
 	return &postflowv1.Campaign{
+		Progress:   progress,
 		CampaignId: c.GetId(),
 		From:       c.GetFrom(),
 		Subject:    c.GetSubject(),

@@ -113,8 +113,8 @@ func TestCampaignExactCounts(t *testing.T) {
 	}) {
 		t.Fatalf("campaign not final after 120s: %v", c.GetCounts())
 	}
-	if c.GetState() != postflowv1.CampaignState_CAMPAIGN_STATE_FINISHED || c.GetFinishedAt() == nil {
-		t.Errorf("campaign %v at %v, want FINISHED with a time", c.GetState(), c.GetFinishedAt())
+	if c.GetState() != postflowv1.CampaignState_CAMPAIGN_STATE_FINISHED || c.GetFinishedAt() == nil || c.GetStartedAt() == nil || c.GetProgress() != 1 {
+		t.Errorf("campaign %v, started %v, finished %v, progress %v; want FINISHED with both times and progress 1", c.GetState(), c.GetStartedAt(), c.GetFinishedAt(), c.GetProgress())
 	}
 	n := c.GetCounts()
 	if n.GetDelivered() != total-100 || n.GetBounced() != 100 || n.GetQueued() != 0 || n.GetDeferred() != 0 || n.GetRecipients() != total || n.GetDuplicatesDropped() != 1 {

@@ -82,18 +82,20 @@ func (CampaignState) EnumDescriptor() ([]byte, []int) {
 }
 
 type Campaign struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	CampaignId    string                 `protobuf:"bytes,1,opt,name=campaign_id,json=campaignId,proto3" json:"campaign_id,omitempty"`
-	From          string                 `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
-	Subject       string                 `protobuf:"bytes,3,opt,name=subject,proto3" json:"subject,omitempty"`
-	Text          string                 `protobuf:"bytes,4,opt,name=text,proto3" json:"text,omitempty"`
-	Html          string                 `protobuf:"bytes,5,opt,name=html,proto3" json:"html,omitempty"`
-	Tags          []string               `protobuf:"bytes,6,rep,name=tags,proto3" json:"tags,omitempty"`
-	State         CampaignState          `protobuf:"varint,7,opt,name=state,proto3,enum=postflow.v1.CampaignState" json:"state,omitempty"`
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	StartedAt     *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
-	FinishedAt    *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
-	Counts        *CampaignCounts        `protobuf:"bytes,11,opt,name=counts,proto3" json:"counts,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	CampaignId string                 `protobuf:"bytes,1,opt,name=campaign_id,json=campaignId,proto3" json:"campaign_id,omitempty"`
+	From       string                 `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
+	Subject    string                 `protobuf:"bytes,3,opt,name=subject,proto3" json:"subject,omitempty"`
+	Text       string                 `protobuf:"bytes,4,opt,name=text,proto3" json:"text,omitempty"`
+	Html       string                 `protobuf:"bytes,5,opt,name=html,proto3" json:"html,omitempty"`
+	Tags       []string               `protobuf:"bytes,6,rep,name=tags,proto3" json:"tags,omitempty"`
+	State      CampaignState          `protobuf:"varint,7,opt,name=state,proto3,enum=postflow.v1.CampaignState" json:"state,omitempty"`
+	CreatedAt  *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	StartedAt  *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	FinishedAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	Counts     *CampaignCounts        `protobuf:"bytes,11,opt,name=counts,proto3" json:"counts,omitempty"`
+	// Progress is the fraction of recipients with a final state, 0 to 1.
+	Progress      float64 `protobuf:"fixed64,12,opt,name=progress,proto3" json:"progress,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -203,6 +205,13 @@ func (x *Campaign) GetCounts() *CampaignCounts {
 		return x.Counts
 	}
 	return nil
+}
+
+func (x *Campaign) GetProgress() float64 {
+	if x != nil {
+		return x.Progress
+	}
+	return 0
 }
 
 // CampaignCounts counts recipients by state. Each recipient is counted
@@ -1205,7 +1214,7 @@ var File_postflow_v1_campaign_proto protoreflect.FileDescriptor
 
 const file_postflow_v1_campaign_proto_rawDesc = "" +
 	"\n" +
-	"\x1apostflow/v1/campaign.proto\x12\vpostflow.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaf\x03\n" +
+	"\x1apostflow/v1/campaign.proto\x12\vpostflow.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\x03\n" +
 	"\bCampaign\x12\x1f\n" +
 	"\vcampaign_id\x18\x01 \x01(\tR\n" +
 	"campaignId\x12\x12\n" +
@@ -1222,7 +1231,8 @@ const file_postflow_v1_campaign_proto_rawDesc = "" +
 	"\vfinished_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"finishedAt\x123\n" +
-	"\x06counts\x18\v \x01(\v2\x1b.postflow.v1.CampaignCountsR\x06counts\"\xb9\x02\n" +
+	"\x06counts\x18\v \x01(\v2\x1b.postflow.v1.CampaignCountsR\x06counts\x12\x1a\n" +
+	"\bprogress\x18\f \x01(\x01R\bprogress\"\xb9\x02\n" +
 	"\x0eCampaignCounts\x12\x1e\n" +
 	"\n" +
 	"recipients\x18\x01 \x01(\x03R\n" +
