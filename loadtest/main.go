@@ -36,6 +36,7 @@ type options struct {
 	postflowBin string
 	warmup      int
 	batch       int
+	campaign    bool
 }
 
 func main() {
@@ -62,6 +63,7 @@ func run() error {
 	flag.BoolVar(&o.profile, "profile", false, "save Postflow CPU and allocation profiles beside the JSON")
 	flag.IntVar(&o.workerConc, "worker-concurrency", 64, "Postflow worker --concurrency")
 	flag.IntVar(&o.warmup, "warmup", 2000, "messages sent to each system before measuring, not counted (connections, processes, JetStream files)")
+	flag.BoolVar(&o.campaign, "campaign", false, "Postflow: send the messages as one campaign (CampaignService): upload every recipient, then start it")
 	flag.IntVar(&o.batch, "batch", 0, "Postflow: submit with SendBatch, this many messages per call (0: one Send per message)")
 	flag.StringVar(&o.postflowBin, "postflow-bin", "", "use this postflow binary instead of building ./services/postflow (to measure an older build)")
 	flag.Parse()

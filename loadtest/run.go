@@ -115,6 +115,9 @@ func runSystem(ctx context.Context, name string, o options, bin *binaries, work 
 	if res.Mode == "send" && o.batch > 0 {
 		res.Mode, l.batch = "batch", o.batch
 	}
+	if res.Mode == "send" && o.campaign {
+		res.Mode, l.campaign = "campaign", true
+	}
 	gctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
 	stopBar := progress(name, l, snk)

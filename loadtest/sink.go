@@ -71,11 +71,19 @@ func (s *sink) record(data []byte, now int64) {
 	if i := bytes.Index(data, []byte("\r\n\r\n")); i >= 0 {
 		hdr = data[:i+2]
 	}
-	if string(headerValue(hdr, runHeader)) != *s.run.Load() {
+	run, seqv := headerValue(hdr, runHeader), headerValue(hdr, seqHeader)
+	if run == nil {
+		// Campaign mail has no custom headers: its subject template
+		// renders "loadtest <run> <seq>" (campaignSubject).
+		if f := bytes.Fields(headerValue(hdr, "Subject")); len(f) == 3 && string(f[0]) == "loadtest" {
+			run, seqv = f[1], f[2]
+		}
+	}
+	if string(run) != *s.run.Load() {
 		s.phantom.Add(1)
 		return
 	}
-	seq, err := strconv.Atoi(string(headerValue(hdr, seqHeader)))
+	seq, err := strconv.Atoi(string(seqv))
 	if err != nil || seq < 0 || seq >= len(s.counts) {
 		s.phantom.Add(1)
 		return
