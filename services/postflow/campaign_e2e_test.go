@@ -184,6 +184,10 @@ func TestCampaignPauseResumeCancel(t *testing.T) {
 	for i := range total {
 		rows = append(rows, &postflowv1.RecipientRow{Email: fmt.Sprintf("p%d@example.test", i)})
 	}
+	// A second worker process: the pause must reach every worker.
+	second := s.cfg
+	second.Roles = []string{"worker"}
+	s.startApp(second)
 	id, _ := s.createCampaign(t, &postflowv1.CreateCampaignRequest{From: "news@sender.test", Subject: "s", Text: "t"}, rows)
 	if _, err := s.campaigns.StartCampaign(s.ctx(), &postflowv1.StartCampaignRequest{CampaignId: id}); err != nil {
 		t.Fatal(err)
@@ -341,6 +345,13 @@ func TestCLICampaign(t *testing.T) {
 	}
 	if s.sink.Count() != 2 {
 		t.Errorf("sink received %d messages, want 2", s.sink.Count())
+	}
+	out.Reset()
+	if err := campaignCmd(context.Background(), []string{"list", "--server=" + s.api.app.grpcLis.Addr().String()}, &out, func(string) string { return "" }); err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Split(strings.TrimSpace(out.String()), "\n"); len(lines) != 2 || !strings.Contains(lines[1], "finished") || !strings.Contains(lines[1], "Hello {{.first_name}}") {
+		t.Errorf("campaign list printed %q", out.String())
 	}
 }
 
