@@ -24,12 +24,8 @@ const batchUsage = `usage: postflow batch [flags] FILE
 func batchCmd(ctx context.Context, args []string, out io.Writer, getenv func(string) string) error {
 	fs := flag.NewFlagSet("batch", flag.ContinueOnError)
 	var cf clientFlags
-	cf.register(fs)
 	fs.Usage = func() { fmt.Fprintln(fs.Output(), batchUsage); fs.PrintDefaults() }
-	if err := parseWithEnv(fs, args, clientEnv(getenv)); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if help, err := parseClientFlags(fs, &cf, args, getenv); help || err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {

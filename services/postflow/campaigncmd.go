@@ -30,7 +30,6 @@ func campaignCmd(ctx context.Context, args []string, out io.Writer, getenv func(
 	sub := args[0]
 	fs := flag.NewFlagSet("campaign "+sub, flag.ContinueOnError)
 	var cf clientFlags
-	cf.register(fs)
 	var tags stringList
 	from := fs.String("from", "", "send: sender address")
 	subject := fs.String("subject", "", "send: subject template (Go text/template)")
@@ -39,10 +38,7 @@ func campaignCmd(ctx context.Context, args []string, out io.Writer, getenv func(
 	list := fs.String("recipients", "", "send: CSV file of recipients (- for stdin)")
 	fs.Var(&tags, "tag", "send: tag (repeatable)")
 	follow := fs.Bool("follow", false, "send, status: show progress until the campaign is finished or canceled")
-	if err := parseWithEnv(fs, args[1:], clientEnv(getenv)); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if help, err := parseClientFlags(fs, &cf, args[1:], getenv); help || err != nil {
 		return err
 	}
 	conn, err := cf.dial()

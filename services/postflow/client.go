@@ -40,6 +40,20 @@ func (c *clientFlags) dial() (*grpc.ClientConn, error) {
 		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(128<<20)))
 }
 
+// parseClientFlags registers the client flags on fs, next to the
+// command's own, and parses args with the client environment. help
+// reports -h, whose usage fs has printed.
+func parseClientFlags(fs *flag.FlagSet, cf *clientFlags, args []string, getenv func(string) string) (help bool, err error) {
+	cf.register(fs)
+	if err := parseWithEnv(fs, args, clientEnv(getenv)); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return true, nil
+		}
+		return false, err
+	}
+	return false, nil
+}
+
 // stringList is a repeatable flag.
 type stringList []string
 
@@ -68,7 +82,6 @@ func rpcError(err error) error {
 func sendCmd(ctx context.Context, args []string, out io.Writer, getenv func(string) string) error {
 	fs := flag.NewFlagSet("send", flag.ContinueOnError)
 	var cf clientFlags
-	cf.register(fs)
 	var to, cc, bcc, replyTo, headers, tags stringList
 	from := fs.String("from", "", "sender address (required)")
 	fs.Var(&to, "to", "recipient (repeatable)")
@@ -82,10 +95,7 @@ func sendCmd(ctx context.Context, args []string, out io.Writer, getenv func(stri
 	fs.Var(&tags, "tag", "tag (repeatable)")
 	key := fs.String("idempotency-key", "", "idempotency key: retries with the same key never send twice")
 	raw := fs.String("raw", "", "send this file as a complete MIME message (- for stdin)")
-	if err := parseWithEnv(fs, args, clientEnv(getenv)); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if help, err := parseClientFlags(fs, &cf, args, getenv); help || err != nil {
 		return err
 	}
 	req := &postflowv1.SendRequest{
@@ -131,13 +141,9 @@ func sendCmd(ctx context.Context, args []string, out io.Writer, getenv func(stri
 func statusCmd(ctx context.Context, args []string, out io.Writer, getenv func(string) string) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	var cf clientFlags
-	cf.register(fs)
 	wait := fs.Duration("wait", 0, "poll until every recipient is final, up to this long")
 	events := fs.Bool("events", false, "list every event, not just the current state")
-	if err := parseWithEnv(fs, args, clientEnv(getenv)); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if help, err := parseClientFlags(fs, &cf, args, getenv); help || err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {

@@ -22,7 +22,6 @@ const eventsUsage = `usage: postflow events [flags]
 func eventsCmd(ctx context.Context, args []string, out io.Writer, getenv func(string) string) error {
 	fs := flag.NewFlagSet("events", flag.ContinueOnError)
 	var cf clientFlags
-	cf.register(fs)
 	var states stringList
 	message := fs.String("message", "", "only this message id")
 	recipient := fs.String("recipient", "", "only this recipient address")
@@ -35,10 +34,7 @@ func eventsCmd(ctx context.Context, args []string, out io.Writer, getenv func(st
 	cursor := fs.String("cursor", "", "with --follow: resume after this cursor (printed with --json)")
 	limit := fs.Int("limit", 0, "without --follow: stop after this many events (0: all)")
 	fs.Usage = func() { fmt.Fprintln(fs.Output(), eventsUsage); fs.PrintDefaults() }
-	if err := parseWithEnv(fs, args, clientEnv(getenv)); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if help, err := parseClientFlags(fs, &cf, args, getenv); help || err != nil {
 		return err
 	}
 	if fs.NArg() != 0 {
@@ -160,11 +156,7 @@ func timeFlag(name, v string, now time.Time) (*timestamppb.Timestamp, error) {
 func cancelCmd(ctx context.Context, args []string, out io.Writer, getenv func(string) string) error {
 	fs := flag.NewFlagSet("cancel", flag.ContinueOnError)
 	var cf clientFlags
-	cf.register(fs)
-	if err := parseWithEnv(fs, args, clientEnv(getenv)); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if help, err := parseClientFlags(fs, &cf, args, getenv); help || err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {

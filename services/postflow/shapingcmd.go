@@ -76,11 +76,7 @@ func shapingCheck(args []string, out io.Writer) error {
 func shapingStatus(ctx context.Context, args []string, out io.Writer, getenv func(string) string) error {
 	fs := flag.NewFlagSet("shaping status", flag.ContinueOnError)
 	var cf clientFlags
-	cf.register(fs)
-	if err := parseWithEnv(fs, args, clientEnv(getenv)); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if help, err := parseClientFlags(fs, &cf, args, getenv); help || err != nil {
 		return err
 	}
 	conn, err := cf.dial()

@@ -31,14 +31,10 @@ func suppressCmd(ctx context.Context, args []string, out io.Writer, getenv func(
 	sub := args[0]
 	fs := flag.NewFlagSet("suppress "+sub, flag.ContinueOnError)
 	var cf clientFlags
-	cf.register(fs)
 	reason := fs.String("reason", "", "reason: manual, bounce, complaint, unsubscribe")
 	detail := fs.String("detail", "", "add: free text kept with the entry")
 	expires := fs.String("expires", "", "add: expiry, a duration from now (720h) or an RFC 3339 time")
-	if err := parseWithEnv(fs, args[1:], clientEnv(getenv)); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if help, err := parseClientFlags(fs, &cf, args[1:], getenv); help || err != nil {
 		return err
 	}
 	var r postflowv1.SuppressionReason
