@@ -164,6 +164,11 @@ func TestCampaignRenderFailure(t *testing.T) {
 	if c.GetCounts().GetDelivered() != 1 || c.GetCounts().GetFailed() != 1 {
 		t.Fatalf("counts %v; want 1 delivered, 1 failed", c.GetCounts())
 	}
+	// Every event of the campaign, attempts included, carries its id.
+	evs, err := s.status.ListEvents(s.ctx(), &postflowv1.ListEventsRequest{Filter: &postflowv1.EventFilter{CampaignId: id}})
+	if err != nil || len(evs.GetEvents()) != 2 {
+		t.Errorf("ListEvents by campaign: %d events, %v; want the delivery and the failure", len(evs.GetEvents()), err)
+	}
 	st, err := s.status.GetMessage(s.ctx(), &postflowv1.GetMessageRequest{MessageId: id})
 	if err != nil {
 		t.Fatal(err)

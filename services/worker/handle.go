@@ -409,6 +409,7 @@ func (w *Worker) record(ctx context.Context, job *queuev1.DeliveryJob, attempt i
 			MxHost:            o.target.Host,
 			PossibleDuplicate: o.possDup,
 			Tags:              job.GetTags(),
+			CampaignId:        job.GetCampaignId(),
 		}
 		if o.target.Addr.IsValid() {
 			ev.RemoteAddr = o.target.Addr.String()
@@ -514,6 +515,7 @@ func (w *Worker) poisoned(ctx context.Context, msg jetstream.Msg, job *queuev1.D
 			Attempt:     attempt,
 			Reply:       &postflowv1.SMTPReply{Code: 554, EnhancedCode: "5.3.0", Text: "internal error processing message"},
 			Tags:        job.GetTags(),
+			CampaignId:  job.GetCampaignId(),
 		})
 		telemetry.Failed(ctx)
 	}
