@@ -263,58 +263,58 @@ func (s *campaignServer) GetCampaign(ctx context.Context, req *postflowv1.GetCam
 	return &postflowv1.GetCampaignResponse{Campaign: publicCampaign(c, counts)}, nil
 }
 
-// countPage is how many events one List call of counts reads.
-const countPage = 10000
-
-// tally is one campaign's recipient states folded from its events, and
-// the position in EVENTS up to which they are folded.
+// tally is one campaign's recipient states, folded from its events by a
+// watch that follows them for the life of the process: each event is read
+// once, in order, and counted once however often it was redelivered
+// (eventlog.Apply keeps the first final state).
 type tally struct {
 	mu     sync.Mutex
-	after  uint64
 	states []postflowv1.RecipientState // by recipient index
 }
 
-// counts folds the campaign's events into one state per recipient,
-// continuing from where the last call stopped: exact however often events
-// were redelivered (eventlog.Apply keeps the first final state), and each
-// event is read once per process.
-func (s *campaignServer) counts(ctx context.Context, c *queuev1.Campaign) (*postflowv1.CampaignCounts, error) {
+func (t *tally) fold(it eventlog.Item) error {
+	_, i, err := eventlog.ParseRecipientID(it.Event.GetRecipientId())
+	if err != nil || i > 1<<30 {
+		return nil
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if i >= len(t.states) {
+		t.states = append(t.states, make([]postflowv1.RecipientState, i+1-len(t.states))...)
+	}
+	t.states[i] = eventlog.Apply(t.states[i], it.Event)
+	return nil
+}
+
+// counts returns the campaign's counts per state as its watch has folded
+// them so far. The first call starts the watch, from the campaign's
+// creation; counts then trail the events by the time the watch takes to
+// read them (milliseconds), like every status read from EVENTS.
+func (s *campaignServer) counts(_ context.Context, c *queuev1.Campaign) (*postflowv1.CampaignCounts, error) {
+	key := c.GetTenant() + "." + c.GetId()
 	s.mu.Lock()
 	if s.tallies == nil {
 		s.tallies = map[string]*tally{}
 	}
-	t := s.tallies[c.GetTenant()+"."+c.GetId()]
+	t := s.tallies[key]
 	if t == nil {
 		t = &tally{}
-		s.tallies[c.GetTenant()+"."+c.GetId()] = t
+		s.tallies[key] = t
+		f := eventlog.Filter{MessageID: c.GetId(), Since: c.GetCreatedAt().AsTime()}
+		go func() {
+			// It ends when the connection to NATS closes (the process
+			// stops); it is restarted by the next call.
+			err := s.reader.Watch(context.Background(), c.GetTenant(), f, 0, t.fold)
+			s.log.Info("api: campaign count watch ended", slog.String("campaign_id", c.GetId()), slog.Any("error", err))
+			s.mu.Lock()
+			delete(s.tallies, key)
+			s.mu.Unlock()
+		}()
 	}
 	s.mu.Unlock()
 
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	f := eventlog.Filter{MessageID: c.GetId()}
-	for {
-		items, next, more, err := s.reader.List(ctx, c.GetTenant(), f, t.after, countPage)
-		if err != nil {
-			return nil, err
-		}
-		for _, it := range items {
-			_, i, err := eventlog.ParseRecipientID(it.Event.GetRecipientId())
-			if err != nil || i > 1<<30 {
-				continue
-			}
-			if i >= len(t.states) {
-				t.states = append(t.states, make([]postflowv1.RecipientState, i+1-len(t.states))...)
-			}
-			t.states[i] = eventlog.Apply(t.states[i], it.Event)
-		}
-		t.after = next
-		// A short page is the end as of this call: a running campaign
-		// keeps adding events, and chasing them would never return.
-		if !more || len(items) < countPage {
-			break
-		}
-	}
 	n := &postflowv1.CampaignCounts{Recipients: c.GetRecipientsAdded(), DuplicatesDropped: c.GetDuplicatesDropped()}
 	seen := int64(0)
 	for _, st := range t.states {
@@ -341,14 +341,9 @@ func (s *campaignServer) counts(ctx context.Context, c *queuev1.Campaign) (*post
 			seen-- // queued or no state: counted below
 		}
 	}
-	rest := max(n.GetRecipients()-seen, 0)
-	if c.GetState() == queuev1.CampaignState_CAMPAIGN_STATE_CANCELED {
-		// A canceled campaign's rows that were never fed have no event:
-		// they are canceled, not queued.
-		n.Canceled += rest
-	} else {
-		n.Queued = rest
-	}
+	// Recipients without an event yet are queued; a canceled campaign's
+	// unfed rows become canceled as the feeders drain them.
+	n.Queued = max(n.GetRecipients()-seen, 0)
 	return n, nil
 }
 
