@@ -178,33 +178,69 @@ func (r *Reader) stream(ctx context.Context) (jetstream.Stream, error) {
 	return r.st, nil
 }
 
-// Message returns every event of one message in stream order, or
-// ErrNotFound. It walks the message's subjects with direct gets (the stream
-// allows them, so any replica answers), one round trip per event plus one:
-// no consumer is created, so status reads leave nothing behind on the server.
-func (r *Reader) Message(ctx context.Context, tenant, messageID string) ([]*postflowv1.Event, error) {
+// walk calls fn with each event on subject (a subject or a filter) in
+// stream order, with its stored message, until fn returns false. It reads
+// with direct gets (the stream allows them, so any replica answers), one
+// round trip per event plus one: no consumer is created, so reads leave
+// nothing behind on the server. found reports whether any event was read.
+func (r *Reader) walk(ctx context.Context, subject string, fn func(raw *jetstream.RawStreamMsg, ev *postflowv1.Event) bool) (found bool, err error) {
+	st, err := r.stream(ctx)
+	if err != nil {
+		return false, err
+	}
+	for seq := uint64(1); ; {
+		raw, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return found, nil
+		}
+		if err != nil {
+			return found, fmt.Errorf("eventlog: read %s: %w", subject, err)
+		}
+		found = true
+		ev, err := decodeRaw(raw)
+		if err != nil {
+			return found, err
+		}
+		if !fn(raw, ev) {
+			return found, nil
+		}
+		seq = raw.Sequence + 1
+	}
+}
+
+// lastOn returns the latest event on subject (a subject or a filter), nil
+// if it has none.
+func (r *Reader) lastOn(ctx context.Context, subject string) (*postflowv1.Event, error) {
 	st, err := r.stream(ctx)
 	if err != nil {
 		return nil, err
 	}
-	filter := queue.MessageEventsFilter(tenant, messageID)
-	var evs []*postflowv1.Event
-	for seq := uint64(1); ; {
-		raw, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(filter))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("eventlog: read %s: %w", messageID, err)
-		}
-		ev := &postflowv1.Event{}
-		if err := proto.Unmarshal(raw.Data, ev); err != nil {
-			return nil, fmt.Errorf("eventlog: decode event %s: %w", raw.Subject, err)
-		}
-		evs = append(evs, ev)
-		seq = raw.Sequence + 1
+	raw, err := st.GetLastMsgForSubject(ctx, subject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
 	}
-	if len(evs) == 0 {
+	if err != nil {
+		return nil, fmt.Errorf("eventlog: last event of %s: %w", subject, err)
+	}
+	return decodeRaw(raw)
+}
+
+func decodeRaw(raw *jetstream.RawStreamMsg) (*postflowv1.Event, error) {
+	return decode(raw.Subject, raw.Sequence, raw.Data)
+}
+
+// Message returns every event of one message in stream order, or
+// ErrNotFound.
+func (r *Reader) Message(ctx context.Context, tenant, messageID string) ([]*postflowv1.Event, error) {
+	var evs []*postflowv1.Event
+	found, err := r.walk(ctx, queue.MessageEventsFilter(tenant, messageID), func(_ *jetstream.RawStreamMsg, ev *postflowv1.Event) bool {
+		evs = append(evs, ev)
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	if !found {
 		return nil, ErrNotFound
 	}
 	return evs, nil
@@ -215,98 +251,46 @@ func (r *Reader) Message(ctx context.Context, tenant, messageID string) ([]*post
 // "queued" event, nothing has happened to the message since Send (no
 // attempt, no Cancel), so no recipient needs its own look-up.
 func (r *Reader) MessageLast(ctx context.Context, tenant, messageID string) (*postflowv1.Event, error) {
-	st, err := r.stream(ctx)
-	if err != nil {
-		return nil, err
-	}
-	raw, err := st.GetLastMsgForSubject(ctx, queue.MessageEventsFilter(tenant, messageID))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("eventlog: last event of %s: %w", messageID, err)
-	}
-	ev := &postflowv1.Event{}
-	if err := proto.Unmarshal(raw.Data, ev); err != nil {
-		return nil, fmt.Errorf("eventlog: decode: %w", err)
-	}
-	return ev, nil
+	return r.lastOn(ctx, queue.MessageEventsFilter(tenant, messageID))
 }
 
 // Recipient returns the first event of one recipient of a message in any
 // tenant, or ErrNotFound: the bounce role knows a message id and recipient
 // index from a return path, and learns the tenant and address from it.
 func (r *Reader) Recipient(ctx context.Context, messageID string, index int) (*postflowv1.Event, error) {
-	st, err := r.stream(ctx)
-	if err != nil {
+	var first *postflowv1.Event
+	if _, err := r.walk(ctx, queue.EventSubject("*", messageID, index), func(_ *jetstream.RawStreamMsg, ev *postflowv1.Event) bool {
+		first = ev
+		return false
+	}); err != nil {
 		return nil, err
 	}
-	raw, err := st.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(queue.EventSubject("*", messageID, index)))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
+	if first == nil {
 		return nil, ErrNotFound
 	}
-	if err != nil {
-		return nil, fmt.Errorf("eventlog: read %s-%d: %w", messageID, index, err)
-	}
-	ev := &postflowv1.Event{}
-	if err := proto.Unmarshal(raw.Data, ev); err != nil {
-		return nil, fmt.Errorf("eventlog: decode: %w", err)
-	}
-	return ev, nil
+	return first, nil
 }
 
 // Header returns the value of header name on the first of one message's
 // events that carries it, walking them in stream order; "" when none does.
 // It returns ErrNotFound when the message has no events.
 func (r *Reader) Header(ctx context.Context, tenant, messageID, name string) (string, error) {
-	st, err := r.stream(ctx)
-	if err != nil {
-		return "", err
+	var v string
+	found, err := r.walk(ctx, queue.MessageEventsFilter(tenant, messageID), func(raw *jetstream.RawStreamMsg, _ *postflowv1.Event) bool {
+		v = raw.Header.Get(name)
+		return v == ""
+	})
+	if err == nil && !found {
+		err = ErrNotFound
 	}
-	filter := queue.MessageEventsFilter(tenant, messageID)
-	for seq := uint64(1); ; {
-		raw, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(filter))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			if seq == 1 {
-				return "", ErrNotFound
-			}
-			return "", nil
-		}
-		if err != nil {
-			return "", fmt.Errorf("eventlog: read %s: %w", messageID, err)
-		}
-		if v := raw.Header.Get(name); v != "" {
-			return v, nil
-		}
-		seq = raw.Sequence + 1
-	}
+	return v, err
 }
 
 // LastState returns the latest state recorded for one recipient, or
 // RECIPIENT_STATE_UNSPECIFIED if it has no events.
 func (r *Reader) LastState(ctx context.Context, tenant, messageID string, index int) (postflowv1.RecipientState, error) {
-	ev, err := r.last(ctx, tenant, messageID, index)
+	ev, err := r.lastOn(ctx, queue.EventSubject(tenant, messageID, index))
 	return ev.GetState(), err
-}
-
-// last returns one recipient's latest event, nil if it has none.
-func (r *Reader) last(ctx context.Context, tenant, messageID string, index int) (*postflowv1.Event, error) {
-	st, err := r.stream(ctx)
-	if err != nil {
-		return nil, err
-	}
-	raw, err := st.GetLastMsgForSubject(ctx, queue.EventSubject(tenant, messageID, index))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("eventlog: last state of %s-%d: %w", messageID, index, err)
-	}
-	ev := &postflowv1.Event{}
-	if err := proto.Unmarshal(raw.Data, ev); err != nil {
-		return nil, fmt.Errorf("eventlog: decode: %w", err)
-	}
-	return ev, nil
 }
 
 // IsFinal reports whether one recipient has reached a final state.
@@ -325,33 +309,22 @@ func (r *Reader) IsFinal(ctx context.Context, tenant, messageID string, index in
 // outcome; when the latest event is "queued", every event of the recipient
 // is read.
 func (r *Reader) Progress(ctx context.Context, tenant, messageID string, index int) (final bool, attempt int32, err error) {
-	last, err := r.last(ctx, tenant, messageID, index)
+	subject := queue.EventSubject(tenant, messageID, index)
+	last, err := r.lastOn(ctx, subject)
 	if err != nil || last == nil || isStateChange(last) && last.GetState() != postflowv1.RecipientState_RECIPIENT_STATE_QUEUED {
 		return Final(last.GetState()), last.GetAttempt(), err
 	}
 	// A late "queued" event, or a report (a complaint) that changes no
 	// state, hides the state: read them all.
-	st, err := r.stream(ctx)
+	_, err = r.walk(ctx, subject, func(_ *jetstream.RawStreamMsg, ev *postflowv1.Event) bool {
+		attempt = max(attempt, ev.GetAttempt())
+		final = final || isStateChange(ev) && Final(ev.GetState())
+		return true
+	})
 	if err != nil {
 		return false, 0, err
 	}
-	subject := queue.EventSubject(tenant, messageID, index)
-	for seq := uint64(1); ; {
-		raw, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return final, attempt, nil
-		}
-		if err != nil {
-			return false, 0, fmt.Errorf("eventlog: read %s: %w", subject, err)
-		}
-		ev := &postflowv1.Event{}
-		if err := proto.Unmarshal(raw.Data, ev); err != nil {
-			return false, 0, fmt.Errorf("eventlog: decode: %w", err)
-		}
-		attempt = max(attempt, ev.GetAttempt())
-		final = final || isStateChange(ev) && Final(ev.GetState())
-		seq = raw.Sequence + 1
-	}
+	return final, attempt, nil
 }
 
 // isStateChange reports whether ev sets its recipient's state: every event
@@ -425,33 +398,18 @@ func applies(cur postflowv1.RecipientState, ev *postflowv1.Event) bool {
 // FinalEvent returns the event that holds one recipient's final state
 // (by Apply's rules), nil when it has none.
 func (r *Reader) FinalEvent(ctx context.Context, tenant, messageID string, index int) (*postflowv1.Event, error) {
-	st, err := r.stream(ctx)
-	if err != nil {
-		return nil, err
-	}
-	subject := queue.EventSubject(tenant, messageID, index)
 	var final *postflowv1.Event
 	state := postflowv1.RecipientState_RECIPIENT_STATE_UNSPECIFIED
-	for seq := uint64(1); ; {
-		raw, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return final, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("eventlog: read %s: %w", subject, err)
-		}
-		ev := &postflowv1.Event{}
-		if err := proto.Unmarshal(raw.Data, ev); err != nil {
-			return nil, fmt.Errorf("eventlog: decode: %w", err)
-		}
+	_, err := r.walk(ctx, queue.EventSubject(tenant, messageID, index), func(_ *jetstream.RawStreamMsg, ev *postflowv1.Event) bool {
 		if applies(state, ev) {
 			state = ev.GetState()
 			if Final(state) {
 				final = ev
 			}
 		}
-		seq = raw.Sequence + 1
-	}
+		return true
+	})
+	return final, err
 }
 
 // RepublishBounce publishes again the BOUNCES record of ev, a final
