@@ -149,10 +149,8 @@ func (f *feeder) room(ctx context.Context) bool {
 	if err != nil {
 		return false
 	}
-	return st.CachedInfo().State.Msgs < f.window || func() bool {
-		info, err := st.Info(ctx)
-		return err == nil && info.State.Msgs < f.window
-	}()
+	// js.Stream has just read the stream's info.
+	return st.CachedInfo().State.Msgs < f.window
 }
 
 // move turns rows into jobs (or suppressed events, or canceled events for
@@ -199,7 +197,10 @@ func (f *feeder) move(ctx context.Context, c *queuev1.Campaign, rows []jetstream
 			evs = append(evs, eventlog.Suppressed(ev, suppressed[norm]))
 			continue
 		}
-		domain := strings.ToLower(r.GetAddress()[strings.LastIndexByte(r.GetAddress(), '@')+1:])
+		// Rows hold mailmsg's canonical address (checked by the api role):
+		// its domain is already the lower-case A-label the subject and MX
+		// look-ups want.
+		domain := r.GetAddress()[strings.LastIndexByte(r.GetAddress(), '@')+1:]
 		job := &queuev1.DeliveryJob{
 			Tenant:       c.GetTenant(),
 			MessageId:    c.GetId(),
