@@ -142,12 +142,12 @@ func (s *campaignServer) AddRecipients(stream grpc.ClientStreamingServer[postflo
 			return badField("campaign_id", "must not change within the stream")
 		}
 		for _, r := range req.GetRows() {
-			if reason := checkRow(r, vars); reason != "" {
+			if addr, reason := checkRow(r, vars); reason != "" {
 				resp.Refused++
 				if len(resp.Errors) < maxRowErrors {
 					resp.Errors = append(resp.Errors, &postflowv1.RowError{Row: row, Email: r.GetEmail(), Reason: reason})
 				}
-			} else if err := adder.Add(ctx, strings.TrimSpace(r.GetEmail()), r.GetVars()); err != nil {
+			} else if err := adder.Add(ctx, addr, r.GetVars()); err != nil {
 				return s.fail(ctx, err)
 			}
 			row++
@@ -165,21 +165,24 @@ func (s *campaignServer) AddRecipients(stream grpc.ClientStreamingServer[postflo
 	return stream.SendAndClose(resp)
 }
 
-// checkRow returns why a row is refused, "" when it is fine.
-func checkRow(r *postflowv1.RecipientRow, vars []string) string {
-	a, err := mailmsg.ParseAddress(strings.TrimSpace(r.GetEmail()))
+// checkRow returns a row's address in mailmsg's canonical form (the
+// domain in lower-case A-label form, as Send queues it), or why the row is
+// refused.
+func checkRow(r *postflowv1.RecipientRow, vars []string) (addr, reason string) {
+	in := strings.TrimSpace(r.GetEmail())
+	a, err := mailmsg.ParseAddress(in)
 	if err != nil {
-		return "email: " + err.Error()
+		return "", "email: " + err.Error()
 	}
-	if a.Addr != strings.TrimSpace(r.GetEmail()) {
-		return "email: give the bare address, without a display name"
+	if a.Name != "" || strings.ContainsAny(in, "<>") {
+		return "", "email: give the bare address, without a display name"
 	}
 	for _, v := range vars {
 		if _, ok := r.GetVars()[v]; !ok {
-			return "missing variable " + v
+			return "", "missing variable " + v
 		}
 	}
-	return ""
+	return a.Addr, ""
 }
 
 // transition moves a campaign from one of the states in from to to.

@@ -89,7 +89,7 @@ func TestCampaignExactCounts(t *testing.T) {
 		rows = append(rows, &postflowv1.RecipientRow{Email: local + "@" + domains[i%3], Vars: map[string]string{"first_name": fmt.Sprintf("Name%d", i)}})
 	}
 	// Duplicates (another case) and invalid rows are dropped and counted.
-	rows = append(rows, &postflowv1.RecipientRow{Email: "USER1@other.test", Vars: map[string]string{"first_name": "x"}},
+	rows = append(rows, &postflowv1.RecipientRow{Email: "USER1@Other.TEST", Vars: map[string]string{"first_name": "x"}},
 		&postflowv1.RecipientRow{Email: "not an address", Vars: map[string]string{"first_name": "x"}},
 		&postflowv1.RecipientRow{Email: "novars@example.test"})
 	id, added := s.createCampaign(t, &postflowv1.CreateCampaignRequest{
