@@ -132,6 +132,9 @@ type app struct {
 	// campaigns is the campaign store (api role) behind the live view
 	// the worker role watches.
 	campaigns *campaign.Store
+	// unsub records unsubscriptions, from the HTTP endpoint and the
+	// bounce listener; nil without --unsubscribe-url.
+	unsub *bounce.Unsubscriber
 }
 
 // newApp connects (or starts) NATS, ensures the streams, and opens the
@@ -174,6 +177,9 @@ func newApp(ctx context.Context, cfg serveConfig, log *slog.Logger, metrics http
 	}
 	if a.campaigns, err = campaign.Open(ectx, a.js, campaign.Config{Replicas: cfg.Queue.Replicas}); err != nil {
 		return nil, err
+	}
+	if cfg.unsubSigner != nil {
+		a.unsub = bounce.NewUnsubscriber(a.js, a.supp, log)
 	}
 	if cfg.has("bounce") && cfg.BounceSMTPAddr != "" {
 		if a.bounceLis, err = net.Listen("tcp", cfg.BounceSMTPAddr); err != nil {
@@ -355,18 +361,10 @@ func (a *app) run(ctx context.Context) error {
 				MaxReportBytes:     int64(a.cfg.MaxMessageBytes),
 				ShutdownTimeout:    a.cfg.ShutdownTimeout,
 			}, bounce.Deps{JS: a.js, Suppression: a.supp, VERP: a.cfg.verp, Listener: a.bounceLis, Logger: a.log,
-				UnsubscribeSigner: a.cfg.unsubSigner, Unsubscriber: a.unsubscriber()})
+				UnsubscribeSigner: a.cfg.unsubSigner, Unsubscriber: a.unsub})
 		})
 	}
 	return g.Wait()
-}
-
-// unsubscriber records unsubscriptions; nil without an unsubscribe URL.
-func (a *app) unsubscriber() *bounce.Unsubscriber {
-	if a.cfg.unsubSigner == nil {
-		return nil
-	}
-	return bounce.NewUnsubscriber(a.js, a.supp, a.log)
 }
 
 // connectionLease is how long a connection slot is held without renewal: a
@@ -445,7 +443,7 @@ func (a *app) serveHTTP(ctx context.Context) error {
 	mux.Handle("GET /metrics", a.metrics)
 	if a.cfg.unsubSigner != nil {
 		// RFC 8058 one-click unsubscribe: the only path to expose publicly.
-		mux.Handle(unsubscribe.Path, unsubscribe.Handler(a.cfg.unsubSigner, a.unsubscriber()))
+		mux.Handle(unsubscribe.Path, unsubscribe.Handler(a.cfg.unsubSigner, a.unsub))
 	}
 	if a.cfg.Pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
