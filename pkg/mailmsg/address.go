@@ -279,3 +279,14 @@ func isASCII[T string | []byte](s T) bool {
 	}
 	return true
 }
+
+// SenderDomain returns the domain of from (a From value) in A-label form,
+// for the right side of generated Message-IDs. For a From that does not
+// parse it returns the placeholder "postflow.invalid": Build refuses such a
+// message anyway, naming from.
+func SenderDomain(from string) string {
+	if a, err := ParseAddress(from); err == nil {
+		return a.Domain
+	}
+	return "postflow.invalid"
+}

@@ -238,6 +238,24 @@ func TestBuildMessageIDsAreUnique(t *testing.T) {
 	}
 }
 
+// TestBuildMessageIDOnSenderDomain: SenderDomain gives Build the sender's
+// domain in A-label form, and a placeholder for a From Build will refuse.
+func TestBuildMessageIDOnSenderDomain(t *testing.T) {
+	t.Parallel()
+	in := validInput()
+	in.From = "Shop <news@Bücher.example>"
+	b, err := Build(in, Limits{}, testNow, SenderDomain(in.From))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(b.MessageID, "@xn--bcher-kva.example") {
+		t.Errorf("Message-ID %q, want one on the sender's domain xn--bcher-kva.example", b.MessageID)
+	}
+	if got := SenderDomain("not an address"); got != "postflow.invalid" {
+		t.Errorf("SenderDomain of a bad From = %q, want the placeholder", got)
+	}
+}
+
 func TestBuildSMTPUTF8(t *testing.T) {
 	t.Parallel()
 	tests := []struct {

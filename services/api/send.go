@@ -58,12 +58,7 @@ func (s *Server) send(ctx context.Context, req *postflowv1.SendRequest) (*postfl
 	now := s.now()
 	idDomain := s.cfg.MessageIDDomain
 	if idDomain == "" {
-		// The sender's domain; the placeholder only serves a From that
-		// Build is about to reject.
-		idDomain = "postflow.invalid"
-		if a, err := mailmsg.ParseAddress(req.GetFrom()); err == nil {
-			idDomain = a.Domain
-		}
+		idDomain = mailmsg.SenderDomain(req.GetFrom())
 	}
 	built, err := mailmsg.Build(in, s.cfg.Limits, now, idDomain)
 	if err != nil {

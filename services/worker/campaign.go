@@ -87,11 +87,8 @@ func (w *Worker) renderOne(c *queuev1.Campaign, t *render.Template, job *queuev1
 		}
 		in.Headers = append(in.Headers, mailmsg.Header{Name: "List-Unsubscribe", Value: lu}, mailmsg.Header{Name: "List-Unsubscribe-Post", Value: post})
 	}
-	idDomain := "postflow.invalid"
-	if a, err := mailmsg.ParseAddress(c.GetFrom()); err == nil {
-		idDomain = a.Domain
-	}
-	built, err := mailmsg.Build(in, w.cfg.Limits, w.now(), idDomain)
+	// Message-IDs on the sender's domain, as Send makes them.
+	built, err := mailmsg.Build(in, w.cfg.Limits, w.now(), mailmsg.SenderDomain(c.GetFrom()))
 	if err != nil {
 		var ve *mailmsg.ValidationError
 		if errors.As(err, &ve) {
