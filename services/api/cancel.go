@@ -9,7 +9,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/postflow/postflow/pkg/eventlog"
-	"github.com/postflow/postflow/pkg/mailmsg"
 	postflowv1 "github.com/postflow/postflow/proto/postflow/v1"
 )
 
@@ -21,7 +20,7 @@ import (
 func (s *Server) Cancel(ctx context.Context, req *postflowv1.CancelRequest) (*postflowv1.CancelResponse, error) {
 	id := strings.TrimSpace(req.GetMessageId())
 	if !validMessageID(id) {
-		return nil, toStatus(&mailmsg.ValidationError{Violations: []mailmsg.FieldError{{Field: "message_id", Description: errMessageIDFormat.Error()}}}).Err()
+		return nil, badField("message_id", errMessageIDFormat.Error())
 	}
 	tenant := s.cfg.Tenant
 	evs, err := s.reader.Message(ctx, tenant, id)

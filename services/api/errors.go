@@ -71,3 +71,9 @@ func unavailable(msg string) error {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// badField is INVALID_ARGUMENT naming one request field, as Send's
+// validation errors name theirs.
+func badField(field, desc string) error {
+	return toStatus(&mailmsg.ValidationError{Violations: []mailmsg.FieldError{{Field: field, Description: desc}}}).Err()
+}

@@ -175,7 +175,7 @@ func (s *Server) send(ctx context.Context, req *postflowv1.SendRequest) (*postfl
 func (s *Server) GetMessage(ctx context.Context, req *postflowv1.GetMessageRequest) (*postflowv1.GetMessageResponse, error) {
 	id := strings.TrimSpace(req.GetMessageId())
 	if !validMessageID(id) {
-		return nil, toStatus(&mailmsg.ValidationError{Violations: []mailmsg.FieldError{{Field: "message_id", Description: errMessageIDFormat.Error()}}}).Err()
+		return nil, badField("message_id", errMessageIDFormat.Error())
 	}
 	evs, err := s.reader.Message(ctx, s.cfg.Tenant, id)
 	if err != nil {

@@ -8,7 +8,6 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/postflow/postflow/pkg/mailmsg"
 	"github.com/postflow/postflow/pkg/suppression"
 	postflowv1 "github.com/postflow/postflow/proto/postflow/v1"
 )
@@ -20,10 +19,6 @@ type suppressionServer struct {
 	tenant string
 	now    func() time.Time
 	log    *slog.Logger
-}
-
-func badField(field, desc string) error {
-	return toStatus(&mailmsg.ValidationError{Violations: []mailmsg.FieldError{{Field: field, Description: desc}}}).Err()
 }
 
 // address validates and normalizes a request's address field.
