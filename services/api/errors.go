@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"errors"
-	"strconv"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -69,8 +68,6 @@ func isClientError(err error) bool {
 func unavailable(msg string) error {
 	return status.New(codes.Unavailable, msg).Err()
 }
-
-func itoa(i int) string { return strconv.Itoa(i) }
 
 // badField is INVALID_ARGUMENT naming one request field, as Send's
 // validation errors name theirs.

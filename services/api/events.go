@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"time"
@@ -30,12 +31,12 @@ func eventFilter(f *postflowv1.EventFilter) (eventlog.Filter, error) {
 	}
 	for i, st := range out.States {
 		if _, ok := postflowv1.RecipientState_name[int32(st)]; !ok || st == postflowv1.RecipientState_RECIPIENT_STATE_UNSPECIFIED {
-			return out, badField("filter.states["+itoa(i)+"]", "unknown state")
+			return out, badField(fmt.Sprintf("filter.states[%d]", i), "unknown state")
 		}
 	}
 	for i, t := range out.Types {
 		if _, ok := postflowv1.EventType_name[int32(t)]; !ok {
-			return out, badField("filter.types["+itoa(i)+"]", "unknown event type")
+			return out, badField(fmt.Sprintf("filter.types[%d]", i), "unknown event type")
 		}
 	}
 	if ts := f.GetSince(); ts != nil {
