@@ -231,12 +231,8 @@ func (in *intake) correlate(local string, rep *dsn.Report) (msgID string, index 
 // event builds the event for one correlated recipient, nil when the report
 // calls for none (a delay warning, a success notice, something else).
 func (in *intake) event(ctx context.Context, msgID string, index int, rep *dsn.Report, key string) (*postflowv1.Event, error) {
-	first, err := in.reader.Recipient(ctx, msgID, index)
-	if errors.Is(err, eventlog.ErrNotFound) {
-		in.log.Info("bounce: report for a message no longer retained", slog.String("message_id", msgID))
-		return nil, nil
-	}
-	if err != nil {
+	first, err := in.recipient(ctx, "report", msgID, index)
+	if first == nil || err != nil {
 		return nil, err
 	}
 	_, attempt, err := in.reader.Progress(ctx, first.GetTenant(), msgID, index)
@@ -277,6 +273,21 @@ func (in *intake) event(ctx context.Context, msgID string, index int, rep *dsn.R
 	}
 	ev.EventId = eventlog.ReportEventID(ev.GetRecipientId(), ev.GetType(), key)
 	return ev, nil
+}
+
+// recipient returns the first event of the recipient a return path or
+// token names, nil (logged) when the message is no longer retained: what
+// (a report, an unsubscribe) then changes nothing.
+func (in *intake) recipient(ctx context.Context, what, msgID string, index int) (*postflowv1.Event, error) {
+	first, err := in.reader.Recipient(ctx, msgID, index)
+	if errors.Is(err, eventlog.ErrNotFound) {
+		in.log.Info("bounce: "+what+" for a message no longer retained", slog.String("message_id", msgID))
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s look-up: %w", what, err)
+	}
+	return first, nil
 }
 
 // failedRecipient picks the report's failed recipient that is addr, or

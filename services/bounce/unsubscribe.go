@@ -2,8 +2,6 @@ package bounce
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
 	"time"
 
@@ -76,13 +74,9 @@ func (in *intake) mailto(ctx context.Context, local string) error {
 	if err != nil {
 		return nil // checked at RCPT
 	}
-	first, err := in.reader.Recipient(ctx, msgID, index)
-	if errors.Is(err, eventlog.ErrNotFound) {
-		in.log.Info("bounce: unsubscribe for a message no longer retained", slog.String("message_id", msgID))
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("unsubscribe look-up: %w", err)
+	first, err := in.recipient(ctx, "unsubscribe", msgID, index)
+	if first == nil || err != nil {
+		return err
 	}
 	return in.unsubscriber.Unsubscribe(ctx, unsubscribe.Subject{Tenant: first.GetTenant(), Address: first.GetRecipient(),
 		CampaignID: first.GetCampaignId(), MessageID: msgID, Index: index})
